@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: install lint format test serve bench-train clean
+.PHONY: install lint format test serve bench-train clean deploy-tools postgres check-deploy
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,46 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint deploy-tools
 	$(BIN)/python -m pytest
+
+# --- deployment checks (tests/deploy) -----------------------------------------------
+# Two tools pip cannot put in .venv: checkov, whose pins conflict with the project's
+# (packaging, networkx, python-dateutil), gets its own virtualenv inside .venv (so git
+# and ruff ignore it); the PostgreSQL server comes from Debian, and the tests start a
+# throwaway one (tests/pg.py). Without root or apt-get, the PostgreSQL tests skip.
+CHECKOV_VERSION ?= 3.3.30
+TOOLS := $(VENV)/tools
+export CHECKOV ?= $(abspath $(TOOLS))/bin/checkov
+
+$(TOOLS)/.checkov-$(CHECKOV_VERSION): | $(BIN)/.installed
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	@touch $@
+
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	else \
+		echo "PostgreSQL server not found and not installable here (needs root and apt-get):"; \
+		echo "the PostgreSQL variants of the store and retrain tests will be skipped."; \
+	fi
+
+deploy-tools: $(TOOLS)/.checkov-$(CHECKOV_VERSION) postgres
+
+# The deployment checks alone (manifests, Bento, Dockerfile, checkov, PostgreSQL harness);
+# `make test` runs them too, as part of the one pytest run.
+check-deploy: install deploy-tools
+	$(BIN)/python -m pytest tests/deploy
+
+# First run: trains a default model if the store has none (a few minutes), then serves
+# on HOST:PORT (default 127.0.0.1:3000); every setting is an environment variable.
+serve: install
+	$(BIN)/python -m service.bootstrap
+	$(BIN)/bentoml serve service.service:TextClassifier
 
 bench-train: install
 	$(BIN)/python bench/train_bench.py

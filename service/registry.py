@@ -32,7 +32,7 @@ REPORT_FILE = "report.png"
 REQUIRED_FILES = (ONNX_FILE, TOKENIZER_FILE, METRICS_FILE, METADATA_FILE)
 
 
-class VersionNotFound(LookupError):
+class VersionNotFoundError(LookupError):
     """The asked-for version is not in the model store."""
 
 
@@ -109,11 +109,11 @@ def _from_model(model: bentoml.Model) -> ModelVersion:
 
 
 def get(tag: str) -> ModelVersion:
-    """Look up `name:version` (or `name:latest`); raises VersionNotFound."""
+    """Look up `name:version` (or `name:latest`); raises VersionNotFoundError."""
     try:
         return _from_model(bentoml.models.get(tag))
     except NotFound as exc:
-        raise VersionNotFound(f"model version {tag!r} is not in the model store") from exc
+        raise VersionNotFoundError(f"model version {tag!r} is not in the model store") from exc
 
 
 def list_versions(name: str) -> list[ModelVersion]:

@@ -1,13 +1,26 @@
 """Scoring text with an exported version: `tokenizers` + ONNX Runtime, no torch.
 
-The one non-obvious part is how a batch is cut. Padding every text to the
-longest one in a batch makes a batch of 64 tweets run rows of ~60 tokens for a
-real mean of ~33, so batching lost to batch size 1 (shared/MACHINE_NOTES.md).
-We sort a batch by token length and run it in chunks, each padded only to its
-own longest text rounded up to a multiple of PAD_MULTIPLE. The rounding also
-bounds how many distinct input shapes ONNX Runtime ever sees, which with the
-CPU memory arena disabled keeps memory flat under mixed lengths
-(onnxruntime#11627).
+The one non-obvious part is that every text runs through the model on its own,
+at its exact token length, even when a batch of hundreds arrives. Two
+measurements on the 2-core target decided this (shared/MACHINE_NOTES.md and
+bench/SERVING.md):
+
+* Padding to the longest text made a batch of 64 tweets run rows of ~60 tokens
+  for a real mean of ~33, so batching lost to batch size 1. With no padding at
+  all a batch costs exactly the sum of its texts, so it can never lose.
+* The int8 models are dynamically quantized: each MatMul's activation scale is
+  taken from the min/max of the *whole* input tensor, padding included. Rows
+  that share a run therefore change each other's scores (up to 4e-3 in
+  probability, flipping labels near a boundary). One text per run makes a
+  text's answer independent of whatever it was batched with.
+
+The price: grouping texts of equal length into one unpadded run measured up
+to ~15% faster in-process on MiniLM int8, but brings the cross-talk back; we
+take exact answers. Adaptive batching still pays off above this layer: one
+thread hop, one `encode_batch` and one metrics update per batch instead of per
+request. Memory stays flat although ORT sees every sequence length from 2 to
+max_length, because the CPU memory arena, which otherwise grows with each new
+shape (onnxruntime#11627), is disabled.
 """
 
 from __future__ import annotations
@@ -23,9 +36,6 @@ from tokenizers import Tokenizer
 
 from service.registry import ONNX_FILE, TOKENIZER_FILE
 
-PAD_MULTIPLE = 8
-CHUNK_ROWS = 16
-
 
 def session_options(threads: int) -> ort.SessionOptions:
     """ORT options with an explicit thread budget: BentoML sets none per worker."""
@@ -39,7 +49,7 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
-    """A fast tokenizer that truncates to `max_length` and never pads (we pad per chunk)."""
+    """A fast tokenizer that truncates to `max_length` and never pads (texts run one by one)."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()
@@ -54,7 +64,11 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 @dataclass(frozen=True)
 class Scored:
-    """Probabilities for a batch, plus what its padding cost (for the metrics)."""
+    """Probabilities for a batch, plus the tokens it held and the tokens the model ran on.
+
+    The two token counts are equal while texts run unpadded; the metrics keep
+    both so that any future padding shows up as a gap on the dashboard.
+    """
 
     probabilities: npt.NDArray[np.float32]
     real_tokens: int
@@ -75,7 +89,6 @@ class Classifier:
             providers=["CPUExecutionProvider"],
         )
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -88,32 +101,22 @@ class Classifier:
         return Scored(softmax(logits), real, padded)
 
     def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int, int]:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        order = np.argsort(lengths, kind="stable")
-        out: npt.NDArray[np.float32] | None = None
-        real = padded = 0
-        for start in range(0, len(order), CHUNK_ROWS):
-            rows = order[start : start + CHUNK_ROWS]
-            width = int(-(-lengths[rows].max() // PAD_MULTIPLE) * PAD_MULTIPLE)
-            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, idx in enumerate(rows):
-                n = lengths[idx]
-                ids[r, :n] = encodings[idx].ids
-                mask[r, :n] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in self.input_names:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            chunk = self.session.run(["logits"], feeds)[0].astype(np.float32)
-            if out is None:
-                out = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
-            out[rows] = chunk
-            real += int(lengths[rows].sum())
-            padded += ids.size
-        if out is None:
+        if not texts:
             raise ValueError("scoring needs at least one text")
-        return out, real, padded
+        encodings = self.tokenizer.encode_batch(list(texts))
+        rows = [self._run_one(encoding.ids) for encoding in encodings]
+        tokens = sum(len(encoding.ids) for encoding in encodings)
+        # Nothing is padded: the model runs on exactly the real tokens.
+        return np.concatenate(rows).astype(np.float32, copy=False), tokens, tokens
+
+    def _run_one(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """Logits for one tokenized text, shape (1, labels)."""
+        input_ids = np.array([ids], dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        logits: npt.NDArray[np.float32] = self.session.run(["logits"], feeds)[0]
+        return logits
 
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Class probabilities, one row per text, in input order."""

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         "",
-        description="SQLAlchemy URL of the example/job/version store; empty means SQLite in STATE_DIR.",
+        description="SQLAlchemy URL of the example/job/version store; empty: SQLite in STATE_DIR.",
     )
     model_poll_seconds: float = Field(
         2.0, gt=0, description="How often each worker checks which version is active."
@@ -54,12 +54,18 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(64, ge=1, description="Adaptive batching: texts per batch.")
     max_latency_ms: int = Field(
-        100, ge=1, description="Adaptive batching: the latency the dispatcher aims under."
+        5000,
+        ge=1,
+        description="Adaptive batching: BentoML sheds a queued request with 503 once its wait "
+        "plus the predicted batch time passes this; keep it above a full batch's time.",
     )
     max_texts_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(5000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     request_timeout_s: int = Field(30, ge=1)
+    access_log: bool = Field(
+        False, description="BentoML's access-log line per request (costs throughput)."
+    )
 
     # --- admin and retraining ----------------------------------------------
     admin_token: SecretStr | None = Field(

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORDS = (
-    "good great love happy wonderful excellent nice fine best awesome "
-    "bad awful hate sad terrible horrible worst poor ugly angry "
-    "the a is was it this that movie day food service and very not so really "
-    "ok okay average plain neutral normal usual regular some thing place"
-).split()
+POSITIVE = "good great love happy wonderful excellent nice best awesome fine".split()
+NEGATIVE = "bad awful hate sad terrible horrible worst poor ugly angry".split()
+NEUTRAL = "ok okay average plain neutral normal usual regular some thing".split()
+FILLER = "the a is was it this that movie day food service and very so really".split()
+WORDS = POSITIVE + NEGATIVE + NEUTRAL + FILLER
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def build_tiny_bert(out_dir: Path, hidden: int = 32, layers: int = 2) -> Path:
+def build_tiny_bert(out_dir: Path, hidden: int = 64, layers: int = 2) -> Path:
     """Write a randomly initialised BertModel (no head, like MiniLM) + fast tokenizer to out_dir."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     out_dir.mkdir(parents=True, exist_ok=True)
     letters = sorted({c for w in WORDS for c in w} | set("0123456789.,!?'"))
-    vocab_list = SPECIAL + sorted(set(WORDS)) + letters + [f"##{c}" for c in letters]
+    # dict.fromkeys: one id per token ("a" is both a word and a letter).
+    vocab_list = list(
+        dict.fromkeys(SPECIAL + sorted(set(WORDS)) + letters + [f"##{c}" for c in letters])
+    )
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)

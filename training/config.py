@@ -8,6 +8,7 @@ version's metadata, so a version can be reproduced from its own record.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +62,9 @@ class TrainConfig(BaseModel):
     max_length: int = Field(128, ge=8, le=8192)
     warmup: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.01, ge=0, lt=1)
-    patience: int = Field(3, ge=1, description="Evaluations without a better dev macro-F1.")
+    patience: int = Field(
+        4, ge=1, description="Evaluations without a better dev macro-F1 before stopping."
+    )
     evals_per_epoch: int = Field(4, ge=1)
     class_weights: Literal["auto", "none"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CPU (AVX-512 BF16 makes GEMMs ~4x).")
@@ -84,6 +87,10 @@ class TrainConfig(BaseModel):
     parity_atol: float = Field(1e-4, gt=0)
     parent: str | None = Field(None, description="Version this run retrains (provenance).")
 
+    @property
+    def cpu_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if not self.data.exists():
@@ -91,7 +98,9 @@ class TrainConfig(BaseModel):
         if self.eval_data is not None and not self.eval_data.exists():
             raise ValueError(f"evaluation data {self.eval_data} does not exist")
         if self.strategy == "freeze" and self.freeze_layers == 0:
-            raise ValueError("strategy 'freeze' with freeze_layers=0 is 'full'; set --freeze-layers")
+            raise ValueError(
+                "strategy 'freeze' with freeze_layers=0 is 'full'; set --freeze-layers"
+            )
         return self
 
 

@@ -110,7 +110,9 @@ def _read_jsonl(text: str, path: Path, text_col: str, label_col: str) -> list[di
             errors.append(f"line {number}: not valid JSON ({exc.msg})")
             continue
         if not isinstance(record, dict):
-            errors.append(f"line {number}: expected a JSON object with {text_col!r} and {label_col!r}")
+            errors.append(
+                f"line {number}: expected a JSON object with {text_col!r} and {label_col!r}"
+            )
             continue
         rows.append({"row": number, "text": record.get(text_col), "label": record.get(label_col)})
     if errors:
@@ -123,7 +125,9 @@ def _read_jsonl(text: str, path: Path, text_col: str, label_col: str) -> list[di
     return rows
 
 
-def read_examples(path: Path, text_column: str = "text", label_column: str = "label") -> list[Example]:
+def read_examples(
+    path: Path, text_column: str = "text", label_column: str = "label"
+) -> list[Example]:
     """Read a CSV (header row) or JSONL file and validate each row; raises DataError."""
     text = _decode(path)
     if path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
@@ -157,11 +161,14 @@ def read_examples(path: Path, text_column: str = "text", label_column: str = "la
 
 
 def build_dataset(
-    examples: Sequence[Example], label_names: Sequence[str] | None = None
+    examples: Sequence[Example],
+    label_names: Sequence[str] | None = None,
+    for_training: bool = True,
 ) -> LabeledData:
     """Deduplicate, refuse conflicts and too-small classes, and map labels to indices.
 
     `label_names` fixes the label set (e.g. the model's) instead of deriving it.
+    Data only scored (`for_training=False`) may hold one label or few examples.
     """
     first_seen: dict[str, Example] = {}
     conflicts: list[str] = []
@@ -187,11 +194,11 @@ def build_dataset(
         raise DataError(
             f"label(s) {', '.join(map(repr, unknown))} are not one of {', '.join(names)}"
         )
-    if len(counts) < 2:
+    if for_training and len(counts) < 2:
         raise DataError(
             f"found only one label ({', '.join(counts) or 'none'}); a classifier needs at least two"
         )
-    small = {label: n for label, n in counts.items() if n < MIN_PER_LABEL}
+    small = {label: n for label, n in counts.items() if for_training and n < MIN_PER_LABEL}
     if small:
         detail = ", ".join(f"{label!r} has {n}" for label, n in sorted(small.items()))
         raise DataError(
@@ -209,8 +216,9 @@ def load(
     text_column: str = "text",
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
+    for_training: bool = True,
 ) -> LabeledData:
-    return build_dataset(read_examples(path, text_column, label_column), label_names)
+    return build_dataset(read_examples(path, text_column, label_column), label_names, for_training)
 
 
 def in_hash_eval(text: str, fraction: float) -> bool:

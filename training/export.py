@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from service.registry import ONNX_FILE, TOKENIZER_FILE
 from service.runtime import Classifier
+from training.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ DYNAMIC_AXES = {
     "attention_mask": {0: "batch", 1: "sequence"},
     "logits": {0: "batch"},
 }
-
-
-class ExportError(RuntimeError):
-    """The ONNX model cannot stand in for the PyTorch one."""
 
 
 class ParityError(ExportError):
@@ -69,7 +66,9 @@ class _LogitsOnly(nn.Module):
 def write_onnx(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
     """Write model.onnx (fp32) and tokenizer.json into `out_dir`; returns the ONNX path."""
     model = model.float().eval()
-    sample = tokenizer(["an example", "a second, longer example text"], padding=True, return_tensors="pt")
+    sample = tokenizer(
+        ["an example", "a second, longer example text"], padding=True, return_tensors="pt"
+    )
     path = out_dir / ONNX_FILE
     with torch.inference_mode():
         # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing here.
@@ -88,7 +87,10 @@ def write_onnx(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
 
 
 def torch_logits(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
 ) -> np.ndarray:
     """Reference logits from PyTorch, fp32, one text at a time (no padding effects)."""
     model = model.float().eval()
@@ -107,7 +109,12 @@ def check_parity(
     onnx = Classifier(model_dir, max_length, threads=1).logits(texts)
     diff = float(np.abs(onnx - reference).max())
     agreement = float((onnx.argmax(1) == reference.argmax(1)).mean())
-    log.info("parity: max |dlogit| %.2e, label agreement %.2f%% on %d texts", diff, 100 * agreement, len(texts))
+    log.info(
+        "parity: max |dlogit| %.2e, label agreement %.2f%% on %d texts",
+        diff,
+        100 * agreement,
+        len(texts),
+    )
     if diff > atol or agreement < 1.0:
         raise ParityError(diff, agreement, atol)
     return ParityReport(diff, agreement, len(texts))

@@ -34,16 +34,13 @@ def _encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     raise ValueError(f"cannot find the encoder layers of {type(model).__name__} to freeze")
 
 
-def _classifier_modules(model: PreTrainedModel) -> list[str]:
-    """Names of the modules that make up the task head (they must train in every strategy)."""
-    head = [
-        name
-        for name, _ in model.named_children()
-        if name not in {model.base_model_prefix, "base_model"}
-    ]
-    if not head:
-        raise ValueError(f"{type(model).__name__} has no classification head to train")
-    return head
+def _embeddings(model: PreTrainedModel) -> nn.Module:
+    """The whole embedding block (words, positions, norm) where the model has one."""
+    block = getattr(model.base_model, "embeddings", None)
+    if isinstance(block, nn.Module):
+        return block
+    words: nn.Module = model.get_input_embeddings()
+    return words
 
 
 def apply_strategy(model: PreTrainedModel, cfg: TrainConfig) -> nn.Module:
@@ -55,26 +52,26 @@ def apply_strategy(model: PreTrainedModel, cfg: TrainConfig) -> nn.Module:
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules="all-linear",
-            modules_to_save=_classifier_modules(model),
-        )
+        )  # task_type SEQ_CLS makes peft train the (new) classifier head in full
         wrapped: nn.Module = get_peft_model(model, lora)
     else:
         wrapped = model
         if cfg.strategy == "freeze":
-            embeddings = model.base_model.get_input_embeddings()
-            embeddings.requires_grad_(False)
-            for param in getattr(model.base_model, "embeddings", embeddings).parameters():
-                param.requires_grad_(False)
+            _embeddings(model).requires_grad_(False)
             layers = _encoder_layers(model)
-            if cfg.freeze_layers > len(layers):
-                raise ValueError(
-                    f"--freeze-layers {cfg.freeze_layers} exceeds the {len(layers)} encoder "
-                    "layers of the base model; choose a smaller number"
+            frozen = min(cfg.freeze_layers, len(layers) - 1)
+            if frozen < cfg.freeze_layers:
+                log.warning(
+                    "freeze_layers=%d but the base model has %d layers; freezing the lower %d",
+                    cfg.freeze_layers,
+                    len(layers),
+                    frozen,
                 )
-            for layer in layers[: cfg.freeze_layers]:
+            for layer in layers[:frozen]:
                 layer.requires_grad_(False)
     if cfg.freeze_embeddings and cfg.strategy != "lora":
-        model.base_model.get_input_embeddings().requires_grad_(False)
+        word_embeddings: nn.Module = model.get_input_embeddings()
+        word_embeddings.requires_grad_(False)
     trainable = count_trainable(wrapped)
     total = sum(p.numel() for p in wrapped.parameters())
     log.info(
@@ -89,7 +86,8 @@ def apply_strategy(model: PreTrainedModel, cfg: TrainConfig) -> nn.Module:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Trainable parameters only; decay matrices, not biases or normalization weights."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -100,14 +98,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def merged_for_export(model: nn.Module) -> nn.Module:
+def merged_for_export(model: nn.Module) -> PreTrainedModel:
     """A plain transformers model: LoRA adapters are merged into the weights."""
-    if isinstance(model, PeftModel):
-        merged: nn.Module = model.merge_and_unload()
-        return merged
-    return model
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    if not isinstance(merged, PreTrainedModel):
+        raise TypeError(f"expected a transformers model to export, got {type(merged).__name__}")
+    return merged
 
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -1,0 +1,290 @@
+"""Serving benchmark, run by hand: our BentoML service against its limit and its alternative.
+
+    BENTOML_HOME=... python bench/serve_bench.py --model text-classifier
+
+Measures, in one run and interleaved (timings drift on shared machines):
+
+* the limit: the same ONNX model called in-process (`Classifier.score`) at
+  batch sizes 1, 8 and 64 — the best of them is what serving could reach;
+* our service (`bentoml serve service.service:TextClassifier`): single-text
+  requests at concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency;
+* the alternative a user would write: a plain per-request transformers
+  `pipeline` behind Starlette/uvicorn (this file's `baseline` subcommand), on
+  the same architecture (the default base model with a fresh 3-label head);
+* cold start to ready with an existing model, and the service's RSS before and
+  after a long run of mixed-length texts (ORT arena growth, onnxruntime#11627).
+
+Everything stays on loopback and every load phase is bounded in requests and
+seconds. Prints a Markdown table for bench/SERVING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEXTS = Path("/work/shared/datasets/tweets-sentiment/validation.csv")
+CONCURRENCY = (1, 8, 64)
+
+
+@dataclass(frozen=True)
+class Load:
+    texts_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+
+
+def read_texts(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return [row["text"] for row in csv.DictReader(f)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, timeout_s: float = 120) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+@contextmanager
+def server(
+    command: list[str], env: dict[str, str], ready_path: str
+) -> Iterator[tuple[str, float, int]]:
+    """Start a server; yields (url, seconds from spawn to ready, pid)."""
+    port = free_port()
+    env = {**os.environ, **env, "PORT": str(port)}
+    proc = subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready_s = wait_ready(url + ready_path)
+        yield url, ready_s, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+async def load(url: str, texts: list[str], concurrency: int, requests: int, max_s: float) -> Load:
+    """`concurrency` clients send one text per request, for `requests` requests or `max_s` s."""
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    deadline = time.perf_counter() + max_s
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal next_index, errors
+        while next_index < requests and time.perf_counter() < deadline:
+            text = texts[next_index % len(texts)]
+            next_index += 1
+            start = time.perf_counter()
+            response = await http.post("/predict", json={"texts": [text]})
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await http.post("/predict", json={"texts": texts[:8]})  # first-touch costs out of the way
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ordered = sorted(latencies) or [float("nan")]
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1e3
+
+    return Load(len(latencies) / elapsed, pct(0.50), pct(0.95), pct(0.99), errors)
+
+
+def in_process(model: str, texts: list[str], threads: int) -> dict[int, float]:
+    """Texts/s of `Classifier.score` at batch sizes 1, 8, 64 (median of 3 interleaved rounds)."""
+    from service import registry
+    from service.runtime import Classifier
+
+    version = registry.get(f"{model}:latest")
+    classifier = Classifier(version.path, version.max_length, threads)
+    classifier.score(texts[:64])
+    rates: dict[int, list[float]] = {1: [], 8: [], 64: []}
+    sample = texts[:512]
+    for _ in range(3):
+        for batch in rates:
+            start = time.perf_counter()
+            for i in range(0, len(sample), batch):
+                classifier.score(sample[i : i + batch])
+            rates[batch].append(len(sample) / (time.perf_counter() - start))
+    return {batch: statistics.median(r) for batch, r in rates.items()}
+
+
+def tree_rss_mb(pid: int) -> float:
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+async def mixed_run(url: str, texts: list[str], total: int) -> None:
+    """`total` texts in requests of 1-32 texts of every length, 4 clients at a time."""
+    rng = random.Random(0)
+    pool = [" ".join(rng.sample(texts, rng.randint(1, 6))) for _ in range(total)]
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        sem = asyncio.Semaphore(4)
+
+        async def send(chunk: list[str]) -> None:
+            async with sem:
+                (await http.post("/predict", json={"texts": chunk})).raise_for_status()
+
+        chunks, i = [], 0
+        while i < total:
+            size = rng.randint(1, 32)
+            chunks.append(pool[i : i + size])
+            i += size
+        await asyncio.gather(*(send(c) for c in chunks))
+
+
+def fmt(load_: Load) -> str:
+    return (
+        f"{load_.texts_per_s:.0f} | {load_.p50_ms:.0f} / {load_.p95_ms:.0f} / {load_.p99_ms:.0f}"
+        + (f" ({load_.errors} errors)" if load_.errors else "")
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    texts = read_texts(args.texts)
+    cores = os.cpu_count() or 1
+    limit = in_process(args.model, texts, cores)
+    best = max(limit.values())
+    print(f"in-process texts/s by batch size: { {b: round(r) for b, r in limit.items()} }")
+
+    ours_cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
+    ours_env = {"MODEL_NAME": args.model, "TOKENIZERS_PARALLELISM": "false"}
+    base_cmd = [sys.executable, str(Path(__file__).resolve()), "baseline"]
+    results: dict[tuple[str, int], list[Load]] = {}
+    with (
+        server(ours_cmd, ours_env, "/readyz") as (ours_url, cold_s, ours_pid),
+        server(base_cmd, {}, "/ready") as (base_url, _, _),
+    ):
+        print(f"cold start to ready: {cold_s:.1f} s")
+        for _ in range(args.rounds):
+            for c in CONCURRENCY:
+                for name, url in (("ours", ours_url), ("baseline", base_url)):
+                    result = asyncio.run(load(url, texts, c, args.requests, args.max_seconds))
+                    results.setdefault((name, c), []).append(result)
+                    print(f"{name} c={c}: {fmt(result)}", flush=True)
+        rss_before = tree_rss_mb(ours_pid)
+        asyncio.run(mixed_run(ours_url, texts, args.memory_texts))
+        rss_after = tree_rss_mb(ours_pid)
+
+    def median(name: str, c: int) -> Load:
+        runs = sorted(results[(name, c)], key=lambda r: r.texts_per_s)
+        return runs[len(runs) // 2]
+
+    print(
+        "\n| concurrency | ours texts/s | ours p50/p95/p99 ms | baseline texts/s "
+        "| baseline p50/p95/p99 ms | ours / in-process best | ours / baseline |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for c in CONCURRENCY:
+        ours, base = median("ours", c), median("baseline", c)
+        print(
+            f"| {c} | {fmt(ours)} | {fmt(base)} "
+            f"| {ours.texts_per_s / best:.2f} | {ours.texts_per_s / base.texts_per_s:.1f}x |"
+        )
+    print(
+        f"\nin-process best: {best:.0f} texts/s (batch sizes: "
+        + ", ".join(f"{b}: {r:.0f}" for b, r in limit.items())
+        + ")"
+    )
+    print(f"cold start to ready: {cold_s:.1f} s")
+    print(
+        f"service RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
+        f"{args.memory_texts} mixed-length texts"
+    )
+
+
+def baseline(args: argparse.Namespace) -> None:
+    """What a user would write: a transformers pipeline, called once per request."""
+    import torch
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from training.config import default_base_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = default_base_model()
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=3)
+    classify = pipeline(
+        "text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(base)
+    )
+
+    async def predict(request: Request) -> JSONResponse:
+        texts = (await request.json())["texts"]
+        return JSONResponse(await run_in_threadpool(classify, texts))
+
+    async def ready(_: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/ready", ready)])
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    parser.add_argument("--model", default=os.environ.get("MODEL_NAME", "text-classifier"))
+    parser.add_argument("--texts", type=Path, default=DEFAULT_TEXTS)
+    parser.add_argument("--requests", type=int, default=600, help="per load phase, at most")
+    parser.add_argument("--max-seconds", type=float, default=15, help="per load phase, at most")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory-texts", type=int, default=4000)
+    base = sub.add_parser("baseline", help="serve the transformers pipeline baseline")
+    base.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    if args.command == "baseline":
+        baseline(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Our Prometheus series, served beside BentoML's own on its /metrics endpoint.
+
+BentoML runs `prometheus_client` in multiprocess mode: every worker process is
+started with PROMETHEUS_MULTIPROC_DIR set and writes its samples to files
+there, and /metrics merges the files of all workers. Metrics created with the
+plain `prometheus_client` classes inside a worker therefore show up in that
+merged view with no registration of our own; `ServiceMetrics` must only be
+built in a worker (the service's `__init__`), never at import time in the
+process that merely loads the service definition.
+
+What a person can act on (shared/DESIGN.md #9): which version is live, what it
+predicts and how sure it is, and what batching and padding cost.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from service.model_holder import LoadedModel
+
+NAMESPACE = "selftune"
+CONFIDENCE_BUCKETS = (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
+
+
+def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Powers of two up to the configured batch limit, so the top bucket means "full"."""
+    buckets = [1.0]
+    while buckets[-1] < max_batch_size:
+        buckets.append(min(buckets[-1] * 2, float(max_batch_size)))
+    return tuple(buckets)
+
+
+class ServiceMetrics:
+    """The service's own series; one instance per worker process."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        # livemax: across workers a version reads 1 while any live worker serves it,
+        # and 0 once all of them have swapped away.
+        self.model_version = Gauge(
+            "model_version_info",
+            "Model version a worker serves (1) or served before a swap (0).",
+            ["model_name", "version"],
+            namespace=NAMESPACE,
+            multiprocess_mode="livemax",
+        )
+        self.predictions = Counter(
+            "predictions",
+            "Texts classified, by predicted label and the version that scored them.",
+            ["label", "model_version"],
+            namespace=NAMESPACE,
+        )
+        self.confidence = Histogram(
+            "prediction_confidence",
+            "Probability of the predicted label.",
+            namespace=NAMESPACE,
+            buckets=CONFIDENCE_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Texts per inference batch, after adaptive batching merged requests.",
+            namespace=NAMESPACE,
+            buckets=batch_size_buckets(max_batch_size),
+        )
+        self.batch_seconds = Histogram(
+            "inference_batch_seconds",
+            "Tokenization plus ONNX Runtime time for one batch.",
+            namespace=NAMESPACE,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_tokens = Histogram(
+            "inference_batch_tokens",
+            "Tokens per batch: 'real' ones from the texts and 'padded' ones the model ran on.",
+            ["kind"],
+            namespace=NAMESPACE,
+            buckets=TOKEN_BUCKETS,
+        )
+
+    def swapped(self, new: LoadedModel, old: LoadedModel | None) -> None:
+        """Move the version gauge; ModelHolder calls this after every swap."""
+        if old is not None:
+            self.model_version.labels(old.version.name, old.version.version).set(0)
+        self.model_version.labels(new.version.name, new.version.version).set(1)
+
+    def observe_batch(
+        self,
+        version: str,
+        labels: Sequence[str],
+        confidences: Sequence[float],
+        seconds: float,
+        real_tokens: int,
+        padded_tokens: int,
+    ) -> None:
+        """Record one scored batch (`labels`/`confidences`: the winner per text)."""
+        self.batch_size.observe(len(labels))
+        self.batch_seconds.observe(seconds)
+        self.batch_tokens.labels("real").observe(real_tokens)
+        self.batch_tokens.labels("padded").observe(padded_tokens)
+        for label, count in collections.Counter(labels).items():
+            self.predictions.labels(label, version).inc(count)
+        for confidence in confidences:
+            self.confidence.observe(confidence)

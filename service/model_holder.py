@@ -1,0 +1,142 @@
+"""The one model a worker serves right now, and how it changes without a restart.
+
+BentoML has no model-reload API and an HTTP call reaches one arbitrary worker,
+so every worker polls which version should be active and swaps by itself
+(shared/DESIGN.md #5). A swap loads and warms the new `Classifier` beside the
+old one and then replaces a single reference; a batch reads that reference
+once, so batches already running finish on the old model and no request fails
+during a swap.
+
+Which version is active is a question for the `resolver` callable. Today it is
+"the newest version of MODEL_NAME in the store" (`latest_version_resolver`);
+the admin API's active-version record plugs in here without touching serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service import registry
+from service.registry import ModelVersion
+from service.runtime import Classifier
+
+log = logging.getLogger(__name__)
+
+# Texts of several lengths, so warm-up touches the shapes real traffic uses
+# before the model takes its first request.
+WARMUP_TEXTS = (
+    "ok",
+    "the service was good and the food was great",
+    " ".join(["the movie was long, the day was sad, and the food was not that good"] * 4),
+)
+
+Resolver = Callable[[], str | None]
+"""Returns the `name:version` tag that should be served, or None when there is none yet."""
+
+
+class NoModelError(RuntimeError):
+    """No version is loaded yet: the service is up but cannot classify."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A version and its loaded classifier: read together so they can never disagree."""
+
+    version: ModelVersion
+    classifier: Classifier
+
+
+def latest_version_resolver(model_name: str) -> Resolver:
+    """A resolver that serves the newest version of `model_name` in the BentoML store."""
+
+    def resolve() -> str | None:
+        version = registry.latest(model_name)
+        return version.tag if version else None
+
+    return resolve
+
+
+class ModelHolder:
+    """Holds the (version, classifier) pair a worker serves and refreshes it from `resolver`.
+
+    `current()` is what predictions call; it is one attribute read, safe from
+    any thread. `refresh()` is called by the poller thread (and once at start
+    up) and is the only writer.
+    """
+
+    def __init__(self, resolver: Resolver, threads: int, poll_seconds: float) -> None:
+        self._resolver = resolver
+        self._threads = threads
+        self._poll_seconds = poll_seconds
+        self._loaded: LoadedModel | None = None
+        self._failed_tag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_swap: list[Callable[[LoadedModel, LoadedModel | None], None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    def current(self) -> LoadedModel:
+        """The model to score the next batch with; raises NoModelError before the first load."""
+        loaded = self._loaded
+        if loaded is None:
+            raise NoModelError("no model version is loaded yet")
+        return loaded
+
+    def on_swap(self, callback: Callable[[LoadedModel, LoadedModel | None], None]) -> None:
+        """Call `callback(new, old)` after every swap (metrics use it to move the version gauge)."""
+        self._on_swap.append(callback)
+
+    def refresh(self) -> bool:
+        """Load the resolver's version if it is not the one served; returns True on a swap.
+
+        A version that fails to load is logged and skipped until the resolver
+        names another one, so a broken artifact neither takes the worker down
+        nor gets reloaded on every poll.
+        """
+        tag = self._resolver()
+        old = self._loaded
+        if tag is None or (old is not None and old.version.tag == tag) or tag == self._failed_tag:
+            return False
+        try:
+            new = self._load(tag)
+        except Exception:
+            log.exception("model=%s failed to load; still serving %s", tag, old and old.version.tag)
+            self._failed_tag = tag
+            return False
+        self._loaded = new
+        log.info("model=%s now serving (was %s)", tag, old and old.version.tag)
+        for callback in self._on_swap:
+            callback(new, old)
+        return True
+
+    def _load(self, tag: str) -> LoadedModel:
+        version = registry.get(tag)
+        classifier = Classifier(version.path, version.max_length, self._threads)
+        classifier.score(WARMUP_TEXTS)
+        return LoadedModel(version, classifier)
+
+    def start(self) -> None:
+        """Load what is active now, then keep polling in a daemon thread."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.refresh()
+            except Exception:
+                # The resolver reads shared state (the store, later a database) that
+                # may be briefly unavailable; the next poll tries again.
+                log.exception("checking the active model version failed")

@@ -1,0 +1,131 @@
+"""The HTTP service: `bentoml serve service.service:TextClassifier`.
+
+A request travels through three files:
+
+1. `service.schemas` — `RequestGuard` refuses wrong content types and oversize
+   bodies before they are read; BentoML then validates the JSON against
+   `Texts` (400 with the reason on failure).
+2. here — BentoML's adaptive batching merges the `texts` of concurrent
+   requests into one list (`batchable=True`), `predict` scores it with the
+   model the `ModelHolder` serves right now, and BentoML splits the answers
+   back per request, in order.
+3. `service.runtime` — `tokenizers` + ONNX Runtime, batches cut by length so
+   that batching never pays for padding.
+
+Every worker process builds its own `TextClassifier`: its own ORT session with
+THREADS_PER_WORKER threads, its own model poller, its own metric files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import cast
+
+import bentoml
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.metrics import ServiceMetrics
+from service.model_holder import ModelHolder, latest_version_resolver
+from service.schemas import Prediction, RequestGuard, Texts, predictions, send_json_error
+from service.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+PREDICT_ROUTE = "/predict"
+
+
+class ModelGate:
+    """Answer /predict with 503 and what to do about it while no model is loaded.
+
+    This lives in front of BentoML rather than in `predict` because BentoML
+    replaces the message of every 5xx an API raises with a generic one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE:
+            service = bentoml.get_current_service()
+            if service is None or not service.holder.ready:
+                await send_json_error(
+                    send,
+                    503,
+                    f"no version of model {settings.model_name!r} is loaded yet: train one with "
+                    f"`make serve` (first run) or `python -m training fit --data FILE.csv "
+                    f"--name {settings.model_name}`; every worker picks it up within "
+                    f"{settings.model_poll_seconds:g} s",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(
+    workers=settings.workers,
+    traffic={"timeout": settings.request_timeout_s},
+    http={"host": settings.host, "port": settings.port},
+    logging={"access": {"enabled": settings.access_log}},
+)
+class TextClassifier:
+    """Classifies texts with the active version of MODEL_NAME, swapping versions live."""
+
+    def __init__(self) -> None:
+        self.metrics = ServiceMetrics(settings.max_batch_size)
+        self.holder = ModelHolder(
+            resolver=latest_version_resolver(settings.model_name),
+            threads=settings.threads_per_worker,
+            poll_seconds=settings.model_poll_seconds,
+        )
+        self.holder.on_swap(self.metrics.swapped)
+        self.holder.start()
+        log.info(
+            "model=%s threads=%d batch=%d/%dms",
+            settings.model_name,
+            settings.threads_per_worker,
+            settings.max_batch_size,
+            settings.max_latency_ms,
+        )
+
+    def __is_ready__(self) -> bool:
+        """/readyz: ready once a model is loaded, so no traffic reaches a worker before."""
+        return self.holder.ready
+
+    @bentoml.on_shutdown
+    def stop_polling(self) -> None:
+        self.holder.stop()
+
+    @bentoml.api(
+        route=PREDICT_ROUTE,
+        batchable=True,
+        max_batch_size=settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+    def predict(self, texts: Texts) -> list[Prediction]:
+        """Classify each text; one answer per text, in input order."""
+        # Read the reference once: a swap during this batch must not split it
+        # across two models, and `model_version` must name the one that scored it.
+        loaded = self.holder.current()
+        start = time.perf_counter()
+        scored = loaded.classifier.score(texts)
+        seconds = time.perf_counter() - start
+        version = loaded.version.version
+        answers = predictions(scored.probabilities, loaded.version.labels, version)
+        self.metrics.observe_batch(
+            version,
+            [a.label for a in answers],
+            [a.score for a in answers],
+            seconds,
+            scored.real_tokens,
+            scored.padded_tokens,
+        )
+        return answers
+
+
+# `@bentoml.service` returns a Service, but mypy sees the bare class: the package
+# that defines the decorator ships no type information.
+_service = cast("bentoml.Service[TextClassifier]", TextClassifier)
+# Outermost first: size and content type are checked before the model gate.
+_service.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+_service.add_asgi_middleware(ModelGate)

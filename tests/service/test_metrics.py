@@ -1,0 +1,63 @@
+"""Our Prometheus series appear on BentoML's /metrics and count, across both workers."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.service.conftest import mixed_texts, scrape
+
+
+def delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def test_prediction_metrics_count_every_text(client: httpx.Client) -> None:
+    texts = mixed_texts(30, seed=3)
+    before = scrape(client)
+
+    answers = []
+    for i in range(0, len(texts), 5):
+        answers += client.post("/predict", json={"texts": texts[i : i + 5]}).json()
+    after = scrape(client)
+
+    version = answers[0]["model_version"]
+    for label in {a["label"] for a in answers}:
+        expected = sum(a["label"] == label for a in answers)
+        name = f'selftune_predictions_total{{label="{label}",model_version="{version}"}}'
+        assert delta(before, after, name) == expected
+    assert delta(before, after, "selftune_prediction_confidence_count") == len(texts)
+    assert delta(before, after, "selftune_prediction_confidence_sum") > len(texts) / 3 - 1e-6
+    assert delta(before, after, "selftune_inference_batch_size_sum") == len(texts)
+    assert delta(before, after, "selftune_inference_batch_seconds_count") >= 1
+    assert delta(before, after, "selftune_inference_batch_seconds_sum") > 0
+
+
+def test_token_metrics_show_real_and_padded_tokens(client: httpx.Client) -> None:
+    before = scrape(client)
+
+    client.post("/predict", json={"texts": ["it was great", "the food was awful and so sad"]})
+    after = scrape(client)
+
+    real = delta(before, after, 'selftune_inference_batch_tokens_sum{kind="real"}')
+    padded = delta(before, after, 'selftune_inference_batch_tokens_sum{kind="padded"}')
+    # [CLS] + 3 words + [SEP], and [CLS] + 7 words + [SEP]: nothing is padded.
+    assert real == 5 + 9
+    assert padded == real
+
+
+def test_active_model_version_is_exported(client: httpx.Client, tiny_version: str) -> None:
+    name, version = tiny_version.split(":")
+
+    samples = scrape(client)
+
+    key = f'selftune_model_version_info{{model_name="{name}",version="{version}"}}'
+    assert samples[key] == 1.0
+
+
+def test_bentoml_builtin_series_are_still_there(client: httpx.Client) -> None:
+    client.post("/predict", json={"texts": ["fine"]})
+
+    names = set(scrape(client))
+
+    assert any(n.startswith("bentoml_service_request_total") for n in names)
+    assert any(n.startswith("bentoml_service_adaptive_batch_size") for n in names)

@@ -1,0 +1,54 @@
+"""The /predict contract and BentoML's built-in endpoints, over real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.service.conftest import mixed_texts
+
+
+def test_one_text_gets_one_answer_with_label_scores_and_version(
+    client: httpx.Client, tiny_version: str
+) -> None:
+    response = client.post("/predict", json={"texts": ["the food was great"]})
+
+    assert response.status_code == 200
+    [answer] = response.json()
+    assert set(answer) == {"label", "score", "scores", "model_version"}
+    assert set(answer["scores"]) == {"negative", "neutral", "positive"}
+    assert sum(answer["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert answer["label"] == max(answer["scores"], key=answer["scores"].get)
+    assert answer["score"] == answer["scores"][answer["label"]]
+    assert answer["model_version"] == tiny_version.split(":")[1]
+
+
+def test_many_texts_come_back_in_input_order(client: httpx.Client) -> None:
+    texts = mixed_texts(20)
+
+    together = client.post("/predict", json={"texts": texts}).json()
+    reversed_ = client.post("/predict", json={"texts": texts[::-1]}).json()
+
+    assert len(together) == len(texts)
+    assert together == reversed_[::-1]
+
+
+def test_the_tiny_model_learned_the_sentiment_words(client: httpx.Client) -> None:
+    """Guards against answers being shuffled between texts inside a batch."""
+    texts = ["it was great and wonderful", "it was awful and terrible", "it was ok and average"]
+
+    labels = [a["label"] for a in client.post("/predict", json={"texts": texts}).json()]
+
+    assert labels == ["positive", "negative", "neutral"]
+
+
+def test_health_endpoints_answer(client: httpx.Client) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_openapi_document_describes_predict(client: httpx.Client) -> None:
+    spec = client.get("/docs.json").json()
+
+    assert "/predict" in spec["paths"]
+    assert "post" in spec["paths"]["/predict"]

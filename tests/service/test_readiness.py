@@ -1,0 +1,64 @@
+"""A server with no model starts, says how to get one, and picks one up live.
+
+It also exercises the hot-swap mechanism (shared/DESIGN.md #5): a newer version
+registered while serving replaces the old one in every worker without a failed
+request, and the answers say which version scored them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from service import registry
+from tests.service.conftest import bentoml_serve
+
+STREAK = 20
+
+
+def copy_version(tag: str, name: str) -> str:
+    """Register the files of version `tag` again under model `name`; returns the new version."""
+    source = registry.get(tag)
+    return registry.register(name, source.path, source.metadata).version
+
+
+def serving(client: httpx.Client, version: str, unready_ok: bool, timeout_s: float = 30) -> bool:
+    """True once STREAK answers in a row (spread over both workers) come from `version`.
+
+    Until every worker has loaded a first model some answers are 503
+    (`unready_ok`); during a swap none may fail.
+    """
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    while time.monotonic() < deadline and streak < STREAK:
+        response = client.post("/predict", json={"texts": ["the food was great"]})
+        if unready_ok and response.status_code == 503:
+            streak = 0
+            continue
+        assert response.status_code == 200, response.text
+        streak = streak + 1 if response.json()[0]["model_version"] == version else 0
+    return streak >= STREAK
+
+
+def test_no_model_means_not_ready_then_new_versions_are_served(
+    tiny_version: str, tmp_path: Path
+) -> None:
+    name = "late-model"
+    with (
+        bentoml_serve(name, tmp_path / "bentoml.log") as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        assert client.get("/livez").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        refused = client.post("/predict", json={"texts": ["fine"]})
+        assert refused.status_code == 503
+        assert "python -m training fit" in refused.json()["error"]
+
+        first = copy_version(tiny_version, name)
+        assert serving(client, first, unready_ok=True)
+        assert client.get("/readyz").status_code == 200
+
+        second = copy_version(tiny_version, name)
+        assert serving(client, second, unready_ok=False)

@@ -1,0 +1,148 @@
+"""`python -m training fit|evaluate` end to end on the tiny BERT: real files, real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from service.registry import ONNX_FILE, REPORT_FILE, get, list_versions
+from tests.conftest import fit_tiny, run_training_cli
+from training.data import in_hash_eval, load
+from training.pipeline import int8_within_budget
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_fit_registers_a_complete_version_that_learned(
+    tiny_version: str, tiny_base_model: Path
+) -> None:
+    version = get(tiny_version)
+    for name in ("model.onnx", "tokenizer.json", "metrics.json", "metadata.json", REPORT_FILE):
+        assert (version.path / name).stat().st_size > 0, name
+    assert (version.path / REPORT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = version.metadata
+    assert meta["labels"] == ["negative", "neutral", "positive"]
+    assert meta["base_model"] == str(tiny_base_model)
+    assert meta["config"]["strategy"] == "full" and meta["config"]["seed"] == 42
+    assert set(meta["data_fingerprint"]) == {"train", "dev", "eval"}
+    assert {"torch", "transformers", "onnxruntime", "tokenizers"} <= set(meta["libraries"])
+    assert meta["parent"] is None
+    metrics = version.metrics()
+    evaluation = metrics["evaluation"]
+    assert evaluation["macro_f1"] > 0.8, evaluation  # chance is 0.33
+    assert {"accuracy", "macro_recall", "per_class", "confusion_matrix"} <= set(evaluation)
+    assert np.asarray(evaluation["confusion_matrix"]).sum() == meta["examples"]["eval"]
+    assert metrics["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert metrics["parity"]["label_agreement"] == 1.0
+    assert len(metrics["history"]) >= 2
+
+
+def test_registered_model_is_int8_when_within_budget(tiny_version: str) -> None:
+    version = get(tiny_version)
+    metrics = version.metrics()
+    assert metrics["precision"] == version.metadata["precision"] == "int8"
+    assert metrics["fp32_macro_f1"] - metrics["int8_macro_f1"] <= 0.01
+    assert "MatMulInteger" in op_types(version.path / ONNX_FILE)
+
+
+def test_int8_budget_rule() -> None:
+    assert int8_within_budget(0.80, 0.795, 0.01)
+    assert int8_within_budget(0.80, 0.81, 0.0)
+    assert not int8_within_budget(0.80, 0.785, 0.01)
+
+
+def test_no_int8_keeps_fp32(tiny_base_model: Path, sentiment_csv: Path) -> None:
+    tag = fit_tiny(tiny_base_model, sentiment_csv, "tiny-fp32", "--no-int8", "--epochs", "1")
+    version = get(tag)
+    assert version.metadata["precision"] == "fp32"
+    assert "MatMulInteger" not in op_types(version.path / ONNX_FILE)
+
+
+def test_evaluate_prints_metrics_of_the_onnx_artifact(
+    tiny_version: str, sentiment_csv: Path
+) -> None:
+    result = run_training_cli("evaluate", "--model", tiny_version, "--data", str(sentiment_csv))
+    metrics = json.loads(result.stdout)
+    assert metrics["model"] == tiny_version
+    assert metrics["samples"] == len(load(sentiment_csv))
+    assert 0.8 < metrics["macro_f1"] <= 1.0
+    assert metrics["labels"] == ["negative", "neutral", "positive"]
+
+
+def test_bad_data_exits_non_zero_and_trains_nothing(tmp_path: Path, tiny_base_model: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n" + "".join(f"text {i},pos\n" for i in range(20)))
+    before = len(list_versions("tiny-bad"))
+    result = run_training_cli(
+        "fit",
+        "--data",
+        str(bad),
+        "--base-model",
+        str(tiny_base_model),
+        "--name",
+        "tiny-bad",
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "a classifier needs at least two" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(list_versions("tiny-bad")) == before
+
+
+def test_invalid_option_is_refused_with_its_name(sentiment_csv: Path) -> None:
+    result = run_training_cli("fit", "--data", str(sentiment_csv), "--lr", "-1", check=False)
+    assert result.returncode == 2
+    assert "lr" in result.stderr and "greater than 0" in result.stderr
+
+
+def test_same_seed_same_model(tiny_base_model: Path, sentiment_csv: Path) -> None:
+    first = get(fit_tiny(tiny_base_model, sentiment_csv, "tiny-seed", "--epochs", "2"))
+    second = get(fit_tiny(tiny_base_model, sentiment_csv, "tiny-seed", "--epochs", "2"))
+    assert first.tag != second.tag
+    assert first.metrics()["history"] == second.metrics()["history"]
+    assert first.metrics()["evaluation"] == second.metrics()["evaluation"]
+
+
+def test_hash_split_keeps_hash_eval_texts_out_of_training(
+    tiny_base_model: Path, sentiment_csv: Path
+) -> None:
+    tag = fit_tiny(tiny_base_model, sentiment_csv, "tiny-hash", "--split", "hash", "--epochs", "1")
+    version = get(tag)
+    data = load(sentiment_csv)
+    expected_eval = sum(in_hash_eval(t, 0.1) for t in data.texts)
+    assert version.metadata["examples"]["eval"] == expected_eval
+    assert version.metadata["config"]["split"] == "hash"
+
+
+def test_config_file_is_read_and_flags_win(
+    tmp_path: Path, tiny_base_model: Path, sentiment_csv: Path
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('strategy = "freeze"\nfreeze_layers = 1\nepochs = 1.0\nlr = 0.5\n')
+    tag = fit_tiny(
+        tiny_base_model, sentiment_csv, "tiny-config", "--config", str(config), "--epochs", "1"
+    )
+    cfg = get(tag).metadata["config"]
+    assert cfg["strategy"] == "freeze" and cfg["freeze_layers"] == 1
+    assert cfg["lr"] == 1e-3  # the flag from fit_tiny beat the file's 0.5
+
+
+def test_lora_trains_few_parameters_and_exports_merged(
+    tiny_base_model: Path, sentiment_csv: Path
+) -> None:
+    lora = get(
+        fit_tiny(tiny_base_model, sentiment_csv, "tiny-lora", "--strategy", "lora", "--epochs", "2")
+    )
+    training = lora.metrics()["training"]
+    assert lora.metadata["config"]["strategy"] == "lora"
+    assert 0 < training["trainable_parameters"] < 60_000  # the tiny BERT has ~88k
+    # merged before export: a plain graph, no adapter inputs, parity held
+    assert lora.metrics()["parity"]["label_agreement"] == 1.0
+    assert not any(
+        "lora" in i.name for i in onnx.load(str(lora.path / ONNX_FILE)).graph.initializer
+    )
