@@ -25,6 +25,7 @@ from pathlib import Path
 
 from service import registry
 from service.settings import Settings, get_settings
+from service.store import NewExample, open_store
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,8 @@ def clean_rows(raw: bytes) -> list[tuple[str, str]]:
 def bootstrap_data_path(settings: Settings) -> Path:
     """Write the default training data as `text,label` CSV under STATE_DIR and return its path.
 
-    This is the one place the first-run data comes from: anything that must
-    also happen to it (such as importing it into the example store so later
-    retrains replay it) hooks in here.
+    This is the one place the first-run data comes from; `import_examples`
+    puts the same rows into the example store.
     """
     rows = clean_rows(corpus_path().read_bytes())
     out = settings.state_dir / "bootstrap" / "tweets-sentiment.csv"
@@ -119,8 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     if existing is not None:
         log.info("model %s is in the store; nothing to train", existing.tag)
         return 0
-    train_default_model(settings, bootstrap_data_path(settings), args.epochs)
+    data = bootstrap_data_path(settings)
+    import_examples(settings, data)
+    train_default_model(settings, data, args.epochs)
     return 0
+
+
+def import_examples(settings: Settings, data: Path) -> None:
+    """Put the first-run data into the example store, so every later retrain replays it."""
+    with data.open(newline="", encoding="utf-8") as f:
+        examples = [NewExample(row["text"], row["label"]) for row in csv.DictReader(f)]
+    result = open_store(settings.resolved_database_url).add_examples(examples, source="bootstrap")
+    log.info(
+        "example store: %d imported, %d already there, %d in total",
+        result.accepted,
+        result.duplicates,
+        result.total,
+    )
 
 
 if __name__ == "__main__":

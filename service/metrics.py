@@ -9,7 +9,9 @@ built in a worker (the service's `__init__`), never at import time in the
 process that merely loads the service definition.
 
 What a person can act on (shared/DESIGN.md #9): which version is live, what it
-predicts and how sure it is, and what batching and padding cost.
+predicts and how sure it is, what batching and padding cost, and how
+retraining goes (jobs by outcome, their duration, examples stored, the
+evaluation macro-F1 of the version being served).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from collections.abc import Sequence
 from prometheus_client import Counter, Gauge, Histogram
 
 from service.model_holder import LoadedModel
+from service.store import Job
 
 NAMESPACE = "selftune"
 CONFIDENCE_BUCKETS = (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
+JOB_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -80,11 +84,49 @@ class ServiceMetrics:
             buckets=TOKEN_BUCKETS,
         )
 
+        self.retrain_jobs = Counter(
+            "retrain_jobs",
+            "Retrain jobs finished, by outcome (succeeded = promoted, rejected, failed).",
+            ["outcome"],
+            namespace=NAMESPACE,
+        )
+        self.retrain_seconds = Histogram(
+            "retrain_job_seconds",
+            "Wall time of finished retrain jobs, queue wait excluded.",
+            ["outcome"],
+            namespace=NAMESPACE,
+            buckets=JOB_SECONDS_BUCKETS,
+        )
+        self.examples_stored = Gauge(
+            "examples_stored",
+            "Labeled examples in the durable store.",
+            namespace=NAMESPACE,
+            multiprocess_mode="max",
+        )
+        self.active_macro_f1 = Gauge(
+            "active_model_eval_macro_f1",
+            "Evaluation macro-F1 of the version a worker serves, from its held-out evaluation.",
+            ["model_name", "version"],
+            namespace=NAMESPACE,
+            multiprocess_mode="livemax",
+        )
+
     def swapped(self, new: LoadedModel, old: LoadedModel | None) -> None:
-        """Move the version gauge; ModelHolder calls this after every swap."""
+        """Move the version gauges; ModelHolder calls this after every swap."""
         if old is not None:
             self.model_version.labels(old.version.name, old.version.version).set(0)
+            self.active_macro_f1.labels(old.version.name, old.version.version).set(0)
         self.model_version.labels(new.version.name, new.version.version).set(1)
+        evaluation = new.version.metrics().get("evaluation", {})
+        self.active_macro_f1.labels(new.version.name, new.version.version).set(
+            float(evaluation.get("macro_f1", 0.0))
+        )
+
+    def job_finished(self, job: Job) -> None:
+        self.retrain_jobs.labels(job.state).inc()
+        if job.started_at and job.finished_at:
+            seconds = (job.finished_at - job.started_at).total_seconds()
+            self.retrain_seconds.labels(job.state).observe(seconds)
 
     def observe_batch(
         self,

@@ -7,9 +7,9 @@ old one and then replaces a single reference; a batch reads that reference
 once, so batches already running finish on the old model and no request fails
 during a swap.
 
-Which version is active is a question for the `resolver` callable. Today it is
-"the newest version of MODEL_NAME in the store" (`latest_version_resolver`);
-the admin API's active-version record plugs in here without touching serving.
+Which version is active is a question for the `resolver` callable: the
+database's active-version record (`active_version_resolver`), which promotion,
+activation and rollback move.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from service import registry
 from service.registry import ModelVersion
 from service.runtime import Classifier
+from service.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,21 @@ class LoadedModel:
     classifier: Classifier
 
 
-def latest_version_resolver(model_name: str) -> Resolver:
-    """A resolver that serves the newest version of `model_name` in the BentoML store."""
+def active_version_resolver(store: Store, model_name: str) -> Resolver:
+    """Serve the store's active-version record; with none yet, adopt the newest version.
+
+    Adoption covers a store filled by `python -m training fit` before the
+    service ever ran: the newest complete version becomes the active record
+    (once, atomically, whichever worker gets there first), and from then on
+    only promotion, activation and rollback move it.
+    """
 
     def resolve() -> str | None:
-        version = registry.latest(model_name)
-        return version.tag if version else None
+        tag = store.active_tag(model_name)
+        if tag is not None:
+            return tag
+        newest = registry.latest(model_name)
+        return store.adopt_if_none(model_name, newest.tag) if newest else None
 
     return resolve
 

@@ -29,6 +29,10 @@ TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.json"
 METADATA_FILE = "metadata.json"
 REPORT_FILE = "report.png"
+# Written after BentoML has copied every file into the store: BentoML copies a
+# temporary folder into place file by file, so without it a reader on a shared
+# volume could load a version whose model.onnx is still being written.
+READY_FILE = "READY"
 REQUIRED_FILES = (ONNX_FILE, TOKENIZER_FILE, METRICS_FILE, METADATA_FILE)
 
 
@@ -92,11 +96,15 @@ def register(name: str, staging_dir: Path, metadata: Mapping[str, Any]) -> Model
                 shutil.copy2(item, dest / item.name)
         (dest / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         tag = str(model.tag)
+    stored = Path(bentoml.models.get(tag).path)
+    (stored / READY_FILE).touch()
     return get(tag)
 
 
 def _from_model(model: bentoml.Model) -> ModelVersion:
     path = Path(model.path)
+    if not (path / READY_FILE).exists():
+        raise VersionNotFoundError(f"model version {model.tag} is still being written")
     metadata = json.loads((path / METADATA_FILE).read_text())
     return ModelVersion(
         tag=str(model.tag),
@@ -122,7 +130,7 @@ def list_versions(name: str) -> list[ModelVersion]:
         models = bentoml.models.list(name)
     except NotFound:
         return []
-    versions = [_from_model(m) for m in models if (Path(m.path) / METADATA_FILE).exists()]
+    versions = [_from_model(m) for m in models if (Path(m.path) / READY_FILE).exists()]
     return sorted(versions, key=lambda v: v.created, reverse=True)
 
 

@@ -94,15 +94,22 @@ class RequestGuard:
     (or at once, when Content-Length already says so).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, limit_name: str = "MAX_BODY_BYTES"
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.limit_name = limit_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+            # No body at all (e.g. POST /models/{v}/activate): nothing to type or cap.
+            await self.app(scope, receive, send)
+            return
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != JSON_MEDIA_TYPE:
             await send_json_error(
@@ -143,8 +150,8 @@ class RequestGuard:
         await send_json_error(
             send,
             413,
-            f"request body is larger than {self.max_body_bytes} bytes (MAX_BODY_BYTES); "
-            "send fewer or shorter texts per request",
+            f"request body is larger than {self.max_body_bytes} bytes ({self.limit_name}); "
+            "send less per request",
         )
 
 

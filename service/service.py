@@ -25,10 +25,13 @@ from typing import cast
 import bentoml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.admin import AdminApi, AdminRoutes
+from service.jobs import JobRunner, make_backend
 from service.metrics import ServiceMetrics
-from service.model_holder import ModelHolder, latest_version_resolver
+from service.model_holder import ModelHolder, active_version_resolver
 from service.schemas import Prediction, RequestGuard, Texts, predictions, send_json_error
 from service.settings import get_settings
+from service.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,22 @@ class TextClassifier:
 
     def __init__(self) -> None:
         self.metrics = ServiceMetrics(settings.max_batch_size)
+        self.store = open_store(settings.resolved_database_url)
         self.holder = ModelHolder(
-            resolver=latest_version_resolver(settings.model_name),
+            resolver=active_version_resolver(self.store, settings.model_name),
             threads=settings.threads_per_worker,
             poll_seconds=settings.model_poll_seconds,
         )
         self.holder.on_swap(self.metrics.swapped)
         self.holder.start()
+        self.jobs = JobRunner(
+            self.store,
+            make_backend(settings),
+            settings,
+            on_finished=self.metrics.job_finished,
+            on_poll=lambda: self.metrics.examples_stored.set(self.store.count_examples()),
+        )
+        self.jobs.start()
         log.info(
             "model=%s threads=%d batch=%d/%dms",
             settings.model_name,
@@ -95,6 +107,7 @@ class TextClassifier:
     @bentoml.on_shutdown
     def stop_polling(self) -> None:
         self.holder.stop()
+        self.jobs.stop()
 
     @bentoml.api(
         route=PREDICT_ROUTE,
@@ -127,5 +140,9 @@ class TextClassifier:
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
 # Outermost first: size and content type are checked before the model gate.
+# Admin paths are answered (after auth) before the predict guards see them.
+_service.add_asgi_middleware(
+    AdminRoutes, api_factory=lambda: AdminApi(open_store(settings.resolved_database_url), settings)
+)
 _service.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
 _service.add_asgi_middleware(ModelGate)

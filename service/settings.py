@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_TOKEN_CHARS = 16
+
 
 class Settings(BaseSettings):
     """Service configuration. Environment variables use the field name in upper case."""
@@ -71,8 +73,21 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the admin endpoints; unset disables them."
     )
+    max_admin_body_bytes: int = Field(
+        33_554_432, ge=1024, description="Body cap of the admin endpoints (example uploads)."
+    )
+    max_examples_per_request: int = Field(50_000, ge=1)
     retrain_backend: Literal["local", "kubernetes"] = "local"
     retrain_timeout_s: int = Field(3600, ge=10)
+    job_stale_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A running job whose runner has not heartbeated for this long is failed.",
+    )
+    retrain_pod_template: str = Field(
+        "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
+    )
+    pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")
     retrain_threads: int = Field(1, ge=1, description="CPU threads a local retrain may use.")
     retrain_nice: int = Field(10, ge=0, le=19)
     gate_tolerance: float = Field(
@@ -90,6 +105,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"WORKERS ({self.workers}) x ORT_THREADS ({self.ort_threads}) exceeds the "
                 f"{cores} CPU cores; lower one of them or set ALLOW_OVERSUBSCRIPTION=true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_admin_token(self) -> Settings:
+        token = self.admin_token.get_secret_value() if self.admin_token else None
+        if token is not None and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return self
 

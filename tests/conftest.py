@@ -67,6 +67,9 @@ def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("bentoml-home")
     old = os.environ.get("BENTOML_HOME")
     os.environ["BENTOML_HOME"] = str(home)
+    # The example/job database too: never the checkout's var/ (the Makefile's default).
+    os.environ["STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    os.environ.pop("DATABASE_URL", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     yield home

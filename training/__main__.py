@@ -98,6 +98,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from service.store import open_store
+    from training.retrain import run_job
+
+    settings = get_settings()
+    store = open_store(settings.resolved_database_url)
+    try:
+        state = run_job(args.job_id, store, settings)
+    except Exception as exc:
+        # Record why before dying, so GET /jobs/{id} says it rather than "process exited".
+        store.finish_job(args.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    sys.stdout.write(state + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -125,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-best", action="store_true", help="fit and register the best trial's config"
     )
     search.set_defaults(func=cmd_search)
+
+    retrain = sub.add_parser(
+        "retrain", help="run one queued retrain job of the service (DATABASE_URL, BENTOML_HOME)"
+    )
+    retrain.add_argument("--job-id", required=True)
+    retrain.set_defaults(func=cmd_retrain)
     return parser
 
 

@@ -47,6 +47,7 @@ class Server:
     url: str
     port: int
     model_name: str
+    pid: int  # also the process group of the server and its workers
 
 
 def free_port() -> int:
@@ -70,14 +71,16 @@ def wait_until(url: str, status: int, timeout_s: float = STARTUP_TIMEOUT_S) -> f
 
 
 @contextmanager
-def bentoml_serve(model_name: str, log_path: Path) -> Iterator[Server]:
+def bentoml_serve(
+    model_name: str, log_path: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Run `bentoml serve service.service:TextClassifier` until the block ends.
 
     Yields once the server is alive (/livez), not necessarily ready: the
     readiness tests need to see it before a model exists.
     """
     port = free_port()
-    env = {**os.environ, **LIMITS, "MODEL_NAME": model_name, "PORT": str(port)}
+    env = {**os.environ, **LIMITS, "MODEL_NAME": model_name, "PORT": str(port), **(extra_env or {})}
     env["TOKENIZERS_PARALLELISM"] = "false"
     with log_path.open("w") as log:
         # A session of its own, so teardown can stop the server and its workers together.
@@ -89,17 +92,18 @@ def bentoml_serve(model_name: str, log_path: Path) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(f"http://127.0.0.1:{port}", port, model_name)
+    server = Server(f"http://127.0.0.1:{port}", port, model_name, proc.pid)
     try:
         wait_until(f"{server.url}/livez", 200)
         yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:  # a test may have killed it already
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @pytest.fixture(scope="session")

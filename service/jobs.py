@@ -1,0 +1,218 @@
+"""The retrain queue: one job at a time, FIFO, each in a process of its own.
+
+Every serving worker runs a `JobRunner` thread. Each poll it
+1. fails jobs whose heartbeat stopped (their runner died: a crash, a SIGKILL,
+   a lost pod), so a job is never stuck in "running";
+2. tries to claim the oldest queued job; the database lets exactly one
+   worker in the whole deployment win (see `Store.claim_next_job`);
+3. if it won, launches `python -m training retrain --job-id ID` through the
+   configured backend and heartbeats while it runs, killing it at the time limit.
+
+The training process records its own progress, result and promotion in the
+store; the runner only watches it, and fails the job if the process died
+without saying why. Training never runs in a serving worker or a request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from service.settings import Settings
+from service.store import Job, Store
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+LOG_TAIL_BYTES = 2000
+_PR_SET_PDEATHSIG = 1
+
+
+class RunningJob(Protocol):
+    def exit_code(self) -> int | None:
+        """None while running, else the exit code."""
+
+    def kill(self) -> None: ...
+
+    def log_tail(self) -> str: ...
+
+
+class Backend(Protocol):
+    def launch(self, job: Job) -> RunningJob: ...
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the worker that launched us dies, and yield the CPU."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class LocalProcess:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def log_tail(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, self.log_path.stat().st_size - LOG_TAIL_BYTES))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+class LocalBackend:
+    """Training as a niced, thread-capped child process of the serving worker.
+
+    The thread cap and nice level keep predict latency while a retrain runs
+    (shared/DESIGN.md #2); the child dies with its parent, so a killed server
+    leaves no orphan training behind.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def launch(self, job: Job) -> RunningJob:
+        logs = self.settings.state_dir.resolve() / "jobs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{job.id}.log"
+        threads = str(self.settings.retrain_threads)
+        env = os.environ | {
+            "DATABASE_URL": self.settings.resolved_database_url,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        nice = self.settings.retrain_nice
+
+        def prepare() -> None:
+            os.nice(nice)
+            _die_with_parent()
+
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "training", "retrain", "--job-id", job.id],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+                preexec_fn=prepare,  # only os.nice and prctl: safe between fork and exec
+            )
+        log.info("job=%s started pid=%d log=%s", job.id, process.pid, log_path)
+        return LocalProcess(process, log_path)
+
+
+class JobRunner:
+    """Claims queued jobs and watches each one to its end; one thread per worker."""
+
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        settings: Settings,
+        on_finished: Callable[[Job], None] | None = None,
+        on_poll: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+        self.stale_after = timedelta(seconds=settings.job_stale_seconds)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_finished = on_finished
+        self.on_poll = on_poll
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.model_poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("job runner poll failed; retrying")
+
+    def poll_once(self) -> Job | None:
+        """Reap dead jobs, then claim and run one queued job; returns the job it ran."""
+        if self.on_poll is not None:
+            self.on_poll()
+        for job_id in self.store.fail_stale_jobs(self.stale_after):
+            log.warning("job=%s failed: its process stopped heartbeating", job_id)
+            self._finished(job_id)
+        job = self.store.claim_next_job()
+        if job is None:
+            return None
+        self.watch(job)
+        return self.store.get_job(job.id)
+
+    def watch(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            running = self.backend.launch(job)
+        except Exception as exc:
+            log.exception("job=%s could not be started", job.id)
+            self.store.finish_job(job.id, "failed", error=f"could not start training: {exc}")
+            self._finished(job.id)
+            return
+        while (code := running.exit_code()) is None:
+            if time.monotonic() - started > self.settings.retrain_timeout_s:
+                running.kill()
+                self.store.finish_job(
+                    job.id,
+                    "failed",
+                    error=f"timed out after {self.settings.retrain_timeout_s} s "
+                    "(RETRAIN_TIMEOUT_S); the active version is unchanged",
+                )
+                break
+            if self._stop.wait(HEARTBEAT_SECONDS):
+                running.kill()
+                return  # shutting down: the job is reaped as stale by whoever polls next
+            self.store.heartbeat(job.id)
+        else:
+            if self.store.finish_job(
+                job.id,
+                "failed",
+                error=f"training exited with code {code} without a result: {running.log_tail()}",
+            ):
+                log.error("job=%s training exited with code %s", job.id, code)
+        self._finished(job.id)
+
+    def _finished(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job is None:
+            return
+        log.info("job=%s finished state=%s decision=%s", job.id, job.state, job.decision)
+        if self.on_finished is not None:
+            self.on_finished(job)
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The retrain backend RETRAIN_BACKEND names."""
+    if settings.retrain_backend == "kubernetes":
+        from service.k8s_backend import KubernetesBackend
+
+        return KubernetesBackend(settings)
+    return LocalBackend(settings)
