@@ -29,6 +29,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Retrain the tiny model the way the fixture trained it: a job inherits the active recipe.
 WINNING = {"epochs": 10, "lr": 1e-3, "batch_size": 16}
 LOSING = {"epochs": 0.2, "lr": 1e-7}
+GATE_TOLERANCE = "0.05"
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:
@@ -75,6 +76,9 @@ class Retrainer:
             "JOB_STALE_SECONDS": "5",
             "RETRAIN_THREADS": "1",
             "MAX_ADMIN_BODY_BYTES": "65536",
+            # The first tiny version saw most evaluation texts in training (a stratified
+            # split) and scores ~1.0 on them; a fair candidate may tie a hair below.
+            "GATE_TOLERANCE": GATE_TOLERANCE,
             **extra,
         }
         self.first = fit_tiny(base, data, name)
