@@ -102,15 +102,15 @@ def fit_tiny(base_model: Path, data: Path, name: str, *extra: str) -> str:
         "--name",
         name,
         "--epochs",
-        "10",
+        "15",
         "--lr",
-        "1e-3",
+        "2e-3",
         "--batch-size",
         "16",
         # A randomly initialised encoder must learn its embeddings, and must not stop early.
         "--no-freeze-embeddings",
         "--patience",
-        "40",
+        "60",
         *extra,
     )
     return result.stdout.strip().splitlines()[-1]

@@ -1,8 +1,9 @@
 """A server with no model starts, says how to get one, and picks one up live.
 
-It also exercises the hot-swap mechanism (shared/DESIGN.md #5): a newer version
-registered while serving replaces the old one in every worker without a failed
-request, and the answers say which version scored them.
+It also exercises the hot-swap mechanism (shared/DESIGN.md #5): the first
+version registered is adopted; a newer one replaces it in every worker, without
+a failed request, once the active-version record names it, and the answers say
+which version scored them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 
 from service import registry
+from service.settings import Settings
+from service.store import open_store
 from tests.service.conftest import bentoml_serve
 
 STREAK = 20
@@ -60,5 +63,9 @@ def test_no_model_means_not_ready_then_new_versions_are_served(
         assert serving(client, first, unready_ok=True)
         assert client.get("/readyz").status_code == 200
 
+        # A newer version is only served once it is made active (promotion or the API).
         second = copy_version(tiny_version, name)
+        assert not serving(client, second, unready_ok=False, timeout_s=3)
+        store = open_store(Settings().resolved_database_url)  # the server's database
+        store.activate(name, f"{name}:{second}", "test")
         assert serving(client, second, unready_ok=False)

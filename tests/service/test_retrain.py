@@ -26,10 +26,14 @@ from tests.service.conftest import bentoml_serve, scrape, wait_until
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# Retrain the tiny model the way the fixture trained it: a job inherits the active recipe.
-WINNING = {"epochs": 10, "lr": 1e-3, "batch_size": 16}
+# No overrides: a job reruns the active version's recipe (the one fit_tiny used).
+WINNING: dict[str, float] = {}
 LOSING = {"epochs": 0.2, "lr": 1e-7}
-GATE_TOLERANCE = "0.05"
+# The tiny models score 0.9-1.0 on ~40 held-out texts, where one text moves macro-F1
+# by several points; the tolerance absorbs that noise, and a candidate that learned
+# nothing (LOSING: ~0.2-0.4) still loses clearly. The gate rule itself is
+# unit-tested in tests/training/test_retrain_gate.py.
+GATE_TOLERANCE = "0.2"
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:
@@ -81,7 +85,9 @@ class Retrainer:
             "GATE_TOLERANCE": GATE_TOLERANCE,
             **extra,
         }
-        self.first = fit_tiny(base, data, name)
+        # The hash split, as `make serve` trains the first model: the active version's
+        # evaluation texts are then held out from it as well as from every candidate.
+        self.first = fit_tiny(base, data, name, "--split", "hash")
 
     def serve(self) -> Any:
         return bentoml_serve(self.name, self.log, self.env)
@@ -211,7 +217,7 @@ def test_retrain_promotes_a_better_candidate_and_every_request_succeeds_through_
         for future in [pool.submit(hammer) for _ in range(4)]:
             future.result()
     job = wait_for_job(admin, job_id)
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", (job["decision"], job["error"])
     assert job["decision"].startswith("promoted")
     assert job["metrics"]["candidate"]["macro_f1"] >= job["metrics"]["active"]["macro_f1"]
     new = job["candidate_version"].split(":")[1]

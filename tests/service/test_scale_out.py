@@ -28,7 +28,7 @@ from tests.service.test_retrain import (
 def test_a_version_promoted_through_one_replica_is_served_by_the_other(
     postgres_url: str, tiny_base_model: Path, sentiment_csv: Path, tmp_path: Path
 ) -> None:
-    first = fit_tiny(tiny_base_model, sentiment_csv, "tiny-shared")
+    first = fit_tiny(tiny_base_model, sentiment_csv, "tiny-shared", "--split", "hash")
     env = {
         "ADMIN_TOKEN": TOKEN,
         "DATABASE_URL": postgres_url,
