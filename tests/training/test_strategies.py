@@ -12,18 +12,17 @@ from training.strategies import apply_strategy, param_groups
 from training.train import class_weights, length_grouped_batches
 
 
-def model_for(base: Path) -> torch.nn.Module:
-    return AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=3)
+def strategy_applied(base: Path, data: Path, **options: object) -> torch.nn.Module:
+    """The tiny model with a strategy applied (options are TrainConfig fields)."""
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=3)
+    apply_strategy(model, TrainConfig(data=data, base_model=str(base), **options))
+    return model
 
 
 def test_freeze_freezes_embeddings_and_lower_layers(
     tiny_base_model: Path, sentiment_csv: Path
 ) -> None:
-    model = model_for(tiny_base_model)
-    cfg = TrainConfig(
-        data=sentiment_csv, base_model=str(tiny_base_model), strategy="freeze", freeze_layers=1
-    )
-    apply_strategy(model, cfg)
+    model = strategy_applied(tiny_base_model, sentiment_csv, strategy="freeze", freeze_layers=1)
     bert = model.bert
     assert not any(p.requires_grad for p in bert.embeddings.parameters())
     assert not any(p.requires_grad for p in bert.encoder.layer[0].parameters())
@@ -34,8 +33,7 @@ def test_freeze_freezes_embeddings_and_lower_layers(
 def test_full_with_frozen_word_embeddings_trains_the_rest(
     tiny_base_model: Path, sentiment_csv: Path
 ) -> None:
-    model = model_for(tiny_base_model)
-    apply_strategy(model, TrainConfig(data=sentiment_csv, base_model=str(tiny_base_model)))
+    model = strategy_applied(tiny_base_model, sentiment_csv)
     assert not model.bert.embeddings.word_embeddings.weight.requires_grad
     assert model.bert.embeddings.position_embeddings.weight.requires_grad
     assert all(p.requires_grad for p in model.bert.encoder.parameters())
@@ -44,11 +42,7 @@ def test_full_with_frozen_word_embeddings_trains_the_rest(
 def test_optimizer_groups_hold_only_trainable_and_skip_decay_on_biases_and_norms(
     tiny_base_model: Path, sentiment_csv: Path
 ) -> None:
-    model = model_for(tiny_base_model)
-    cfg = TrainConfig(
-        data=sentiment_csv, base_model=str(tiny_base_model), strategy="freeze", freeze_layers=1
-    )
-    apply_strategy(model, cfg)
+    model = strategy_applied(tiny_base_model, sentiment_csv, strategy="freeze", freeze_layers=1)
     decay, no_decay = param_groups(model, 0.01)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     grouped = {id(p) for g in (decay, no_decay) for p in g["params"]}
