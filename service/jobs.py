@@ -52,7 +52,7 @@ class Backend(Protocol):
 
 
 def _die_with_parent() -> None:
-    """In the child: be killed when the worker that launched us dies, and yield the CPU."""
+    """In the child: be killed when the worker that launched us dies (no orphan training)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 

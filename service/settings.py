@@ -97,13 +97,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_threads(self) -> Settings:
         cores = os.cpu_count() or 1
-        if (
-            self.ort_threads
-            and self.workers * self.ort_threads > cores
-            and not self.allow_oversubscription
-        ):
+        if self.workers * self.threads_per_worker > cores and not self.allow_oversubscription:
             raise ValueError(
-                f"WORKERS ({self.workers}) x ORT_THREADS ({self.ort_threads}) exceeds the "
+                f"WORKERS ({self.workers}) x ORT_THREADS ({self.threads_per_worker}) exceeds the "
                 f"{cores} CPU cores; lower one of them or set ALLOW_OVERSUBSCRIPTION=true"
             )
         return self

@@ -44,7 +44,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("queued", "running", "succeeded", "rejected", "failed")
 FINAL_STATES = ("succeeded", "rejected", "failed")
 VERSION_STATUSES = ("active", "candidate", "rejected", "retired")
 
@@ -274,10 +273,6 @@ class Store:
                 select(ExampleRow.text, ExampleRow.label).order_by(ExampleRow.id)
             )
             return [NewExample(t, label) for t, label in rows]
-
-    def labels(self) -> set[str]:
-        with self.session() as session:
-            return set(session.scalars(select(ExampleRow.label).distinct()))
 
     # --- jobs ------------------------------------------------------------------
     def create_job(

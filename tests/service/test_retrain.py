@@ -219,7 +219,8 @@ def test_retrain_promotes_a_better_candidate_and_every_request_succeeds_through_
     job = wait_for_job(admin, job_id)
     assert job["state"] == "succeeded", (job["decision"], job["error"])
     assert job["decision"].startswith("promoted")
-    assert job["metrics"]["candidate"]["macro_f1"] >= job["metrics"]["active"]["macro_f1"]
+    candidate_f1, active_f1 = (job["metrics"][k]["macro_f1"] for k in ("candidate", "active"))
+    assert candidate_f1 >= active_f1 - float(GATE_TOLERANCE)
     new = job["candidate_version"].split(":")[1]
     wait_for_version(admin, new)
     assert failures == []

@@ -1,0 +1,29 @@
+"""Unsafe settings are refused at start, with what to change."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_more_threads_than_cores_is_refused_unless_allowed() -> None:
+    cores = os.cpu_count() or 1
+    with pytest.raises(ValidationError, match=r"exceeds the .* CPU cores; lower one of them"):
+        Settings(workers=cores + 1)
+    with pytest.raises(ValidationError, match="ALLOW_OVERSUBSCRIPTION"):
+        Settings(workers=1, ort_threads=cores + 1)
+    assert Settings(workers=cores + 1, allow_oversubscription=True).threads_per_worker == 1
+
+
+def test_default_threads_share_the_cores_evenly() -> None:
+    cores = os.cpu_count() or 1
+    assert Settings(workers=1).threads_per_worker == cores
+
+
+def test_a_short_admin_token_is_refused_with_how_to_make_one() -> None:
+    with pytest.raises(ValidationError, match=r"at least 16 characters.*secrets.token_urlsafe"):
+        Settings(admin_token="short")
