@@ -40,7 +40,8 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEXTS = Path("/work/shared/datasets/tweets-sentiment/validation.csv")
+# The shared datasets sit beside the checkout (../shared), as on every dev and CI machine.
+DEFAULT_TEXTS = ROOT.parent / "shared" / "datasets" / "tweets-sentiment" / "validation.csv"
 CONCURRENCY = (1, 8, 64)
 
 
