@@ -19,6 +19,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def build_tiny_bert(out_dir: Path, hidden: int = 64, layers: int = 2) -> Path:
     """Write a randomly initialised BertModel (no head, like MiniLM) + fast tokenizer to out_dir."""
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -55,5 +56,8 @@ def build_tiny_bert(out_dir: Path, hidden: int = 64, layers: int = 2) -> Path:
         intermediate_size=hidden * 2,
         max_position_embeddings=128,
     )
+    # Seeded: every session starts from the same weights, so what the tests' fine-tunes
+    # learn does not depend on the luck of one random initialisation.
+    torch.manual_seed(0)
     BertModel(config).save_pretrained(out_dir)
     return out_dir

@@ -33,13 +33,31 @@ def test_many_texts_come_back_in_input_order(client: httpx.Client) -> None:
     assert together == reversed_[::-1]
 
 
-def test_the_tiny_model_learned_the_sentiment_words(client: httpx.Client) -> None:
+def test_each_answer_in_a_batch_is_the_answer_its_text_gets_alone(client: httpx.Client) -> None:
     """Guards against answers being shuffled between texts inside a batch."""
-    texts = ["it was great and wonderful", "it was awful and terrible", "it was ok and average"]
+    texts = mixed_texts(12, seed=7)
 
-    labels = [a["label"] for a in client.post("/predict", json={"texts": texts}).json()]
+    together = client.post("/predict", json={"texts": texts}).json()
+    alone = [client.post("/predict", json={"texts": [t]}).json()[0] for t in texts]
 
-    assert labels == ["positive", "negative", "neutral"]
+    assert together == alone
+    assert len({a["score"] for a in alone}) > 1  # distinct answers, so a shuffle would show
+
+
+def test_the_served_model_learned_the_sentiment_words(client: httpx.Client) -> None:
+    texts = {
+        "it was great and wonderful": "positive",
+        "the food was so good": "positive",
+        "it was awful and terrible": "negative",
+        "this movie was bad": "negative",
+        "it was ok and average": "neutral",
+        "the service was normal": "neutral",
+    }
+
+    answers = client.post("/predict", json={"texts": list(texts)}).json()
+
+    right = sum(a["label"] == label for a, label in zip(answers, texts.values(), strict=True))
+    assert right >= 5, answers  # chance is 2 of 6
 
 
 def test_health_endpoints_answer(client: httpx.Client) -> None:
