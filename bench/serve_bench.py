@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
 
@@ -103,27 +104,36 @@ def server(
 
 
 async def load(url: str, texts: list[str], concurrency: int, requests: int, max_s: float) -> Load:
-    """`concurrency` clients send one text per request, for `requests` requests or `max_s` s."""
+    """`concurrency` clients send one text per request, for `requests` requests or `max_s` s.
+
+    aiohttp, not httpx: the generator shares the 2 cores with the server, and
+    httpx's AsyncClient spent ~10 ms of CPU per request at 64 connections here
+    against aiohttp's ~0.4 ms (bench/SERVING.md), CPU the server would lose.
+    """
     latencies: list[float] = []
     errors = 0
     next_index = 0
     deadline = time.perf_counter() + max_s
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: aiohttp.ClientSession) -> None:
         nonlocal next_index, errors
         while next_index < requests and time.perf_counter() < deadline:
             text = texts[next_index % len(texts)]
             next_index += 1
             start = time.perf_counter()
-            response = await http.post("/predict", json={"texts": [text]})
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
+            async with http.post("/predict", json={"texts": [text]}) as response:
+                await response.read()
+                if response.status == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await http.post("/predict", json={"texts": texts[:8]})  # first-touch costs out of the way
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
+        # First-touch costs (connections, shapes) out of the way.
+        async with http.post("/predict", json={"texts": texts[:8]}) as response:
+            response.raise_for_status()
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
@@ -163,12 +173,12 @@ async def mixed_run(url: str, texts: list[str], total: int) -> None:
     """`total` texts in requests of 1-32 texts of every length, 4 clients at a time."""
     rng = random.Random(0)
     pool = [" ".join(rng.sample(texts, rng.randint(1, 6))) for _ in range(total)]
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as http:
         sem = asyncio.Semaphore(4)
 
         async def send(chunk: list[str]) -> None:
-            async with sem:
-                (await http.post("/predict", json={"texts": chunk})).raise_for_status()
+            async with sem, http.post("/predict", json={"texts": chunk}) as response:
+                response.raise_for_status()
 
         chunks, i = [], 0
         while i < total:

@@ -26,6 +26,7 @@ import bentoml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.admin import AdminApi, AdminRoutes
+from service.batching import dispatch_without_learned_wait
 from service.jobs import JobRunner, make_backend
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 settings = get_settings()
 PREDICT_ROUTE = "/predict"
+# Before BentoML builds the app and its batching dispatchers (see service.batching).
+dispatch_without_learned_wait()
 
 
 class ModelGate:
