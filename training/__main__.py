@@ -37,7 +37,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, info in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         annotation = info.annotation
-        help_text = info.description or ""
+        # argparse %-formats help strings; a literal "18%" in a description must not break --help.
+        help_text = (info.description or "").replace("%", "%%")
         if annotation is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text

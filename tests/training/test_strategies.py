@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 from training.config import TrainConfig
 from training.strategies import apply_strategy, param_groups
-from training.train import class_weights, length_grouped_batches
+from training.train import class_weights, length_grouped_batches, load_base
 
 
 def strategy_applied(base: Path, data: Path, **options: object) -> torch.nn.Module:
@@ -78,3 +78,16 @@ def test_length_grouped_batches_cover_every_row_once_and_cut_padding() -> None:
         for s in range(0, 2000, 32)
     )
     assert padded < 0.75 * random_padded
+
+
+def test_the_configured_dropout_reaches_every_dropout_layer(
+    tiny_base_model: Path, sentiment_csv: Path
+) -> None:
+    def dropouts(p: float) -> set[float]:
+        cfg = TrainConfig(data=sentiment_csv, base_model=str(tiny_base_model), dropout=p)
+        model, _ = load_base(cfg, ["negative", "neutral", "positive"])
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    # The tiny BERT's config says 0.1 for hidden and attention dropout, None for the head.
+    assert dropouts(0.0) == {0.0}
+    assert dropouts(0.25) == {0.25}
