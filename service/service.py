@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.admin import AdminApi, AdminRoutes
 from service.batching import dispatch_without_learned_wait
+from service.client_errors import log_client_errors_in_one_line
 from service.jobs import JobRunner, make_backend
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
@@ -40,6 +41,7 @@ settings = get_settings()
 PREDICT_ROUTE = "/predict"
 # Before BentoML builds the app and its batching dispatchers (see service.batching).
 dispatch_without_learned_wait()
+log_client_errors_in_one_line()
 
 
 class ModelGate:

@@ -48,6 +48,7 @@ class Server:
     port: int
     model_name: str
     pid: int  # also the process group of the server and its workers
+    log: Path  # its stdout and stderr
 
 
 def free_port() -> int:
@@ -92,7 +93,7 @@ def bentoml_serve(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(f"http://127.0.0.1:{port}", port, model_name, proc.pid)
+    server = Server(f"http://127.0.0.1:{port}", port, model_name, proc.pid, log_path)
     try:
         wait_until(f"{server.url}/livez", 200)
         yield server

@@ -152,3 +152,18 @@ def test_bad_requests_are_never_a_server_error(client: httpx.Client) -> None:
 
     assert [r.status_code < 500 for r in responses] == [True] * len(responses)
     assert responses[2].status_code == 200
+
+
+def test_a_refused_request_is_one_log_line_without_a_traceback(
+    client: httpx.Client, server: Server
+) -> None:
+    assert client.post("/predict", json={"wrong": 1}).status_code == 400
+    assert client.post("/predict", json={"texts": []}).status_code == 400
+
+    deadline = time.monotonic() + 10  # workers write their log lines asynchronously
+    while "client error, 1 validation error(s)" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.1)
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    assert "ValidationError" not in log

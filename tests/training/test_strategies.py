@@ -57,6 +57,7 @@ def test_optimizer_groups_hold_only_trainable_and_skip_decay_on_biases_and_norms
 
 def test_class_weights_only_when_imbalanced() -> None:
     assert class_weights([0, 1, 2] * 10, 3) is None
+    assert class_weights([0] * 30 + [1] * 20 + [2] * 10, 3) is None  # 3:1 is not yet imbalanced
     weights = class_weights([0] * 60 + [1] * 30 + [2] * 10, 3)
     assert weights is not None
     assert weights[2] > weights[1] > weights[0]
