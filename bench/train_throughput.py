@@ -4,7 +4,7 @@ This machine's speed drifts by up to 1.5x over minutes, so the two loops take
 turns for `--rounds` rounds of `--steps` steps each on the same tweets, and we
 report per-round samples/s and the ratio of medians. Same base model, batch
 size, learning rate, max length; each side keeps its own defaults otherwise
-(ours: bf16, eager attention, length grouping, frozen word embeddings; the
+(ours: bf16, eager attention, no dropout, length grouping, frozen word embeddings; the
 Trainer: fp32, random batches, dynamic padding).
 
     .venv/bin/python bench/train_throughput.py --rounds 3 --steps 60
