@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -195,11 +195,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _engine(url)
-        try:
-            Base.metadata.create_all(self.engine)
-        except (OperationalError, ProgrammingError, IntegrityError):
-            # Another process created the tables between our check and our CREATE.
-            Base.metadata.create_all(self.engine)
+        _create_schema(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -463,6 +459,27 @@ class Store:
 def _rowcount(result: Any) -> int:
     """Rows an UPDATE matched (SQLAlchemy types `execute` as returning a plain Result)."""
     return int(result.rowcount)
+
+
+_SCHEMA_LOCK_KEY = 0x5E1F7E  # any constant; names our PostgreSQL advisory lock
+
+
+def _create_schema(engine: Engine) -> None:
+    """Create missing tables while holding a database-wide lock.
+
+    Every worker of every replica opens the store at the same moment on
+    start-up. Without the lock two of them both see a table missing, and the
+    second CREATE fails with "table already exists" (it took a worker down in
+    CI). SQLite and PostgreSQL both run DDL inside a transaction, so the
+    lock-holder's tables appear whole to the next one, which then skips them.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits up to busy_timeout
+        elif engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        Base.metadata.create_all(conn)
+        conn.commit()
 
 
 def _engine(url: str) -> Engine:

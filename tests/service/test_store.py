@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,23 @@ def test_activation_retires_the_previous_version_and_rollback_restores_it(store:
     assert statuses["m:v1"][0] == "retired" and statuses["m:v2"][0] == "active"
     assert store.activate("m", "m:v1", "rollback") == "m:v2"
     assert store.active_tag("m") == "m:v1"
+
+
+def _open_store_after(barrier: Any, url: str) -> None:
+    barrier.wait()
+    Store(url)
+
+
+def test_many_processes_can_create_the_schema_at_once(database_url: str) -> None:
+    """Every worker of every replica opens the store at start-up, all at once."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(8)
+    workers = [
+        context.Process(target=_open_store_after, args=(barrier, database_url)) for _ in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 8
+    assert Store(database_url).count_examples() == 0
