@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Protocol
 
 from service.settings import Settings
-from service.store import Job, Store
+from service.store import HEARTBEAT_SECONDS, Job, Store
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 2.0
 LOG_TAIL_BYTES = 2000
 _PR_SET_PDEATHSIG = 1
 
@@ -48,6 +47,10 @@ class RunningJob(Protocol):
 
 
 class Backend(Protocol):
+    # True where training runs apart from the runner and outlives it (a Kubernetes
+    # Job): a runner shutting down then leaves it running instead of killing it.
+    jobs_outlive_runner: bool
+
     def launch(self, job: Job) -> RunningJob: ...
 
 
@@ -85,6 +88,8 @@ class LocalBackend:
     (shared/DESIGN.md #2); the child dies with its parent, so a killed server
     leaves no orphan training behind.
     """
+
+    jobs_outlive_runner = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -188,8 +193,14 @@ class JobRunner:
                 )
                 break
             if self._stop.wait(HEARTBEAT_SECONDS):
-                running.kill()
-                return  # shutting down: the job is reaped as stale by whoever polls next
+                if self.backend.jobs_outlive_runner:
+                    # This replica is going (scale-down, rolling update); the Job trains
+                    # on, heartbeats and finishes its record itself, or is reaped as
+                    # stale by another replica if its pod dies.
+                    log.info("job=%s left running in its Job: this runner is stopping", job.id)
+                else:
+                    running.kill()  # the child dies with us; the job is reaped as stale
+                return
             self.store.heartbeat(job.id)
         else:
             if self.store.finish_job(

@@ -225,6 +225,8 @@ class KubernetesBackend:
     or resource limit takes effect from the next job without a restart.
     """
 
+    jobs_outlive_runner = True
+
     def __init__(self, settings: Settings, api_client: client.ApiClient | None = None) -> None:
         self.settings = settings
         self.namespace = settings.pod_namespace

@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     job_stale_seconds: float = Field(
         30.0,
         gt=0,
-        description="A running job whose runner has not heartbeated for this long is failed.",
+        description="A running job nothing has heartbeated for this long is failed: "
+        "its training process and its runner both beat while alive.",
     )
     retrain_pod_template: str = Field(
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
+
+# How often a running job proves it is alive; JOB_STALE_SECONDS must be well above it.
+HEARTBEAT_SECONDS = 2.0
 
 FINAL_STATES = ("succeeded", "rejected", "failed")
 VERSION_STATUSES = ("active", "candidate", "rejected", "retired")
@@ -330,6 +334,31 @@ class Store:
                 .where(JobRow.id == job_id, JobRow.state == "running")
                 .values(heartbeat_at=utcnow())
             )
+
+    @contextmanager
+    def heartbeats(self, job_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Heartbeat `job_id` from a background thread for as long as the block runs.
+
+        The training process itself beats, not only the runner watching it: a
+        Kubernetes Job outlives the replica that launched it (HPA scale-down,
+        rolling update), and must not be reaped as dead while it still trains.
+        """
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(every):
+                try:
+                    self.heartbeat(job_id)
+                except Exception:  # a database blip must not end the training
+                    log.warning("job=%s heartbeat failed; retrying", job_id, exc_info=True)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=every + 5)
 
     def report_progress(self, job_id: str, progress: float, message: str) -> None:
         with self.session() as session:

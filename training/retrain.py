@@ -114,7 +114,10 @@ def run_job(job_id: str, store: Store, settings: Settings) -> str:
     active_tag = store.active_tag(job.model_name)
     active = registry.get(active_tag) if active_tag else None
     try:
-        with tempfile.TemporaryDirectory(prefix="selftune-retrain-") as tmp:
+        with (
+            store.heartbeats(job_id),
+            tempfile.TemporaryDirectory(prefix="selftune-retrain-") as tmp,
+        ):
             data = Path(tmp) / "examples.csv"
             count = write_snapshot(store, data)
             store.report_progress(job_id, 0.0, f"training on {count} stored examples")

@@ -274,3 +274,29 @@ def test_the_job_runner_fails_a_job_whose_kubernetes_job_failed(
     assert finished.error is not None
     assert "exited with code 1" in finished.error
     assert f"Kubernetes Job {NAMESPACE}/{name} failed (BackoffLimitExceeded" in finished.error
+
+
+def test_a_stopping_replica_leaves_its_kubernetes_job_training(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HPA scale-down or a rollout stops the runner; the Job is not deleted with it."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url, "x")))
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    runner = JobRunner(store, make_backend(settings()), settings())
+    job = store.create_job("text-classifier", {})
+    name = f"selftune-retrain-{job.id}"
+
+    poll = threading.Thread(target=runner.poll_once, daemon=True)
+    poll.start()
+    wait_for(lambda: fake.job(NAMESPACE, name) is not None)
+    fake.set_job_active(NAMESPACE, name)
+    runner.stop()
+    poll.join(timeout=15)
+
+    assert not poll.is_alive()
+    assert fake.job(NAMESPACE, name) is not None  # still there, still training
+    left = store.get_job(job.id)
+    assert left is not None and left.state == "running"
+    # the Job's pod finishes the record itself (training/retrain.py does exactly this)
+    assert store.finish_job(job.id, "succeeded", decision="promoted")

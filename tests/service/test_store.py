@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -57,6 +58,17 @@ def test_a_job_whose_heartbeat_stopped_is_failed_not_stuck(store: Store) -> None
     assert failed is not None and failed.state == "failed" and "stopped" in (failed.error or "")
     # a finished job cannot be finished again (a late training process cannot promote)
     assert not store.finish_job(job.id, "succeeded")
+
+
+def test_a_job_that_heartbeats_itself_is_not_reaped(store: Store) -> None:
+    """The training process beats on its own: it stays alive with no runner watching it."""
+    job = store.create_job("m", {})
+    assert store.claim_next_job() is not None
+    with store.heartbeats(job.id, every=0.05):
+        time.sleep(1.0)
+        assert store.fail_stale_jobs(timedelta(seconds=0.5)) == []
+    time.sleep(1.0)  # beats stopped with the block
+    assert store.fail_stale_jobs(timedelta(seconds=0.5)) == [job.id]
 
 
 def test_activation_retires_the_previous_version_and_rollback_restores_it(store: Store) -> None:
