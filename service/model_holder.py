@@ -51,19 +51,23 @@ class LoadedModel:
 
 
 def active_version_resolver(store: Store, model_name: str) -> Resolver:
-    """Serve the store's active-version record; with none yet, adopt the newest version.
+    """Serve the store's active-version record; with none yet, adopt the newest trained version.
 
     Adoption covers a store filled by `python -m training fit` before the
-    service ever ran: the newest complete version becomes the active record
-    (once, atomically, whichever worker gets there first), and from then on
-    only promotion, activation and rollback move it.
+    service ever ran: that version becomes the active record (once,
+    atomically, whichever worker gets there first), and from then on only
+    promotion, activation and rollback move it. A retrain's output (it names
+    the version it was to replace as `parent`) is never adopted: its gate
+    decision lives in the database, and with a fresh or lost database it may be
+    a rejected candidate. Such versions stay listed for POST /models/{v}/activate.
     """
 
     def resolve() -> str | None:
         tag = store.active_tag(model_name)
         if tag is not None:
             return tag
-        newest = registry.latest(model_name)
+        trained = (v for v in registry.list_versions(model_name) if not v.metadata.get("parent"))
+        newest = next(trained, None)
         return store.adopt_if_none(model_name, newest.tag) if newest else None
 
     return resolve

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from service import registry
+from service.model_holder import active_version_resolver
 from service.settings import Settings
 from service.store import open_store
 from tests.service.conftest import bentoml_serve
@@ -69,3 +70,18 @@ def test_no_model_means_not_ready_then_new_versions_are_served(
         store = open_store(Settings().resolved_database_url)  # the server's database
         store.activate(name, f"{name}:{second}", "test")
         assert serving(client, second, unready_ok=False)
+
+
+def test_a_new_database_never_adopts_a_retrain_candidate(tiny_version: str, tmp_path: Path) -> None:
+    """With no active record (a new or lost database) the newest plain fit is adopted.
+
+    A newer version that a retrain trained to replace another one may have been
+    rejected by the gate, and that decision was in the database.
+    """
+    source = registry.get(tiny_version)
+    fitted = registry.register("adoption", source.path, source.metadata)
+    candidate = registry.register("adoption", source.path, source.metadata | {"parent": fitted.tag})
+    assert registry.latest("adoption") == candidate  # the newest, yet not the one to serve
+
+    resolve = active_version_resolver(open_store(f"sqlite:///{tmp_path}/new.db"), "adoption")
+    assert resolve() == fitted.tag
