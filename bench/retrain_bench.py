@@ -2,9 +2,10 @@
 
 Run by hand (~12 min on 2 cores); the write-up is bench/RETRAIN.md.
 
-One real `bentoml serve` (1 worker, 1 ORT thread) of a MiniLM model, with
-local retraining capped at 1 thread and niced (the defaults): together they
-use the machine's 2 cores. For each size N, N new tweets from
+One real `bentoml serve` (the default: one single-threaded worker per core;
+`--workers` to change it) of a MiniLM model, with local retraining capped at
+1 thread and niced (the defaults): on 2 cores, the retrain competes with both
+workers for the machine. For each size N, N new tweets from
 tweets-sentiment/train.csv go in through POST /examples and a retrain is
 started (it trains on everything stored: the seed data and earlier sizes too);
 we time the job, and a closed-loop load generator (CONCURRENCY clients, single-text
@@ -91,6 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="serving workers, 1 thread each"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     env = os.environ | {
@@ -99,7 +103,7 @@ def main() -> None:
         "ADMIN_TOKEN": TOKEN,
         "MODEL_NAME": "bench-retrain",
         "PORT": "3077",
-        "WORKERS": "1",
+        "WORKERS": str(args.workers),
         "ORT_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
@@ -137,7 +141,7 @@ def main() -> None:
         stdout=(home / "serve.log").open("w"),
         stderr=subprocess.STDOUT,
     )
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"workers": args.workers}
     try:
         url = "http://127.0.0.1:3077"
         for _ in range(120):
