@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -241,9 +242,20 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     raise AssertionError("timed out waiting")
 
 
-def test_the_job_runner_fails_a_job_whose_kubernetes_job_failed(
+@dataclass
+class Launched:
+    """A real Store and JobRunner whose runner thread has launched one job's Kubernetes Job."""
+
+    store: Store
+    runner: JobRunner
+    job: Job
+    name: str
+    poll: threading.Thread
+
+
+def launched_by_runner(
     fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Launched:
     """The server's real path: make_backend from kubeconfig, JobRunner, a real Store."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url, "x")))
@@ -251,52 +263,48 @@ def test_the_job_runner_fails_a_job_whose_kubernetes_job_failed(
     runner = JobRunner(store, make_backend(settings()), settings())
     job = store.create_job("text-classifier", {})
     name = f"selftune-retrain-{job.id}"
-
     poll = threading.Thread(target=runner.poll_once, daemon=True)
     poll.start()
     wait_for(lambda: fake.job(NAMESPACE, name) is not None)
     current = store.get_job(job.id)
     assert current is not None and current.state == "running"
     fake.set_job_active(NAMESPACE, name)
+    return Launched(store, runner, job, name, poll)
+
+
+def test_the_job_runner_fails_a_job_whose_kubernetes_job_failed(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = launched_by_runner(fake, tmp_path, monkeypatch)
     fake.set_job_condition(
         NAMESPACE,
-        name,
+        run.name,
         "Failed",
         "BackoffLimitExceeded",
         "Job has reached the specified backoff limit",
     )
-    poll.join(timeout=15)
+    run.poll.join(timeout=15)
 
-    assert not poll.is_alive()
-    finished = store.get_job(job.id)
+    assert not run.poll.is_alive()
+    finished = run.store.get_job(run.job.id)
     assert finished is not None
     assert finished.state == "failed"
     assert finished.error is not None
     assert "exited with code 1" in finished.error
-    assert f"Kubernetes Job {NAMESPACE}/{name} failed (BackoffLimitExceeded" in finished.error
+    assert f"Kubernetes Job {NAMESPACE}/{run.name} failed (BackoffLimitExceeded" in finished.error
 
 
 def test_a_stopping_replica_leaves_its_kubernetes_job_training(
     fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HPA scale-down or a rollout stops the runner; the Job is not deleted with it."""
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url, "x")))
-    store = Store(f"sqlite:///{tmp_path}/s.db")
-    runner = JobRunner(store, make_backend(settings()), settings())
-    job = store.create_job("text-classifier", {})
-    name = f"selftune-retrain-{job.id}"
+    run = launched_by_runner(fake, tmp_path, monkeypatch)
+    run.runner.stop()
+    run.poll.join(timeout=15)
 
-    poll = threading.Thread(target=runner.poll_once, daemon=True)
-    poll.start()
-    wait_for(lambda: fake.job(NAMESPACE, name) is not None)
-    fake.set_job_active(NAMESPACE, name)
-    runner.stop()
-    poll.join(timeout=15)
-
-    assert not poll.is_alive()
-    assert fake.job(NAMESPACE, name) is not None  # still there, still training
-    left = store.get_job(job.id)
+    assert not run.poll.is_alive()
+    assert fake.job(NAMESPACE, run.name) is not None  # still there, still training
+    left = run.store.get_job(run.job.id)
     assert left is not None and left.state == "running"
     # the Job's pod finishes the record itself (training/retrain.py does exactly this)
-    assert store.finish_job(job.id, "succeeded", decision="promoted")
+    assert run.store.finish_job(run.job.id, "succeeded", decision="promoted")
