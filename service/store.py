@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -511,6 +513,25 @@ def _create_schema(engine: Engine) -> None:
         conn.commit()
 
 
+def _enable_wal(cursor: sqlite3.Cursor, wait_s: float = 30.0) -> None:
+    """Switch the database to WAL, waiting out another connection switching it.
+
+    The switch takes an exclusive lock, and SQLite answers a second connection
+    switching at the same moment (two workers opening a new database) with
+    "database is locked" at once, without its busy handler: it took a worker
+    down in a test that opens the store from 8 processes together.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
@@ -522,9 +543,9 @@ def _engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL: readers never block the writer; FULL sync: a 2xx survives power loss.
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=30000")
+            _enable_wal(cursor)
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
 
         return engine
