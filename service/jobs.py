@@ -201,6 +201,8 @@ class JobRunner:
                 else:
                     running.kill()  # the child dies with us; the job is reaped as stale
                 return
+            # The training process beats too (Store.heartbeats), but only once it is
+            # running: these cover its start-up and a Kubernetes pod still Pending.
             self.store.heartbeat(job.id)
         else:
             if self.store.finish_job(
