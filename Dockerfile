@@ -28,8 +28,11 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt dumb-init==1.2.5.post1
 COPY README.md ./
+COPY core ./core
+COPY store ./store
 COPY service ./service
 COPY training ./training
+COPY retrain ./retrain
 RUN pip install --no-cache-dir --no-deps .
 
 # ----------------------------------------------------------------- build: full

@@ -65,10 +65,11 @@ deploy-tools: $(TOOLS)/.checkov-$(CHECKOV_VERSION) postgres
 check-deploy: install deploy-tools
 	$(BIN)/python -m pytest tests/deploy
 
-# First run: trains a default model if the store has none (a few minutes), then serves
+# First run: trains a quick first model if the store has none (under two minutes) and
+# queues the full one for the service to train in the background; then serves
 # on HOST:PORT (default 127.0.0.1:3000); every setting is an environment variable.
 serve: install
-	$(BIN)/python -m service.bootstrap
+	$(BIN)/python -m retrain bootstrap
 	$(BIN)/bentoml serve service.service:TextClassifier
 
 bench-train: install

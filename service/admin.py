@@ -1,70 +1,62 @@
-"""The admin API: example intake, retrain jobs, versions, activation and rollback.
+"""The admin API: examples (intake, paging, correction, deletion), retrain jobs, versions.
 
 These endpoints change what the service does, so they sit behind a bearer
-token (shared/DESIGN.md #8) and are refused outright while ADMIN_TOKEN is
-unset. They are a small Starlette router mounted in front of BentoML as ASGI
-middleware: BentoML's own APIs have no path parameters, and the auth check
-must run before a (possibly large) body is read.
-
-Every write commits before the answer is sent; a refused request stores nothing.
+token (`service.guards.AdminRoutes`). They form a small Starlette router in
+front of BentoML: BentoML's own APIs have no path parameters. Every write
+commits before the answer is sent; a refused request stores nothing; an
+unexpected error answers a JSON 500 with a request id that the log repeats.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-from typing import Annotated, Any, Literal, TypeVar
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import registry
-from service.schemas import RequestGuard, send_json_error
-from service.settings import Settings, get_settings
-from service.store import ConflictError, NewExample, Store
+from core import registry
+from core.text import EVAL_FRACTION, in_eval_split
+from service.admin_schemas import (
+    Activated,
+    Deleted,
+    ExampleIn,
+    ExampleOut,
+    ExamplePage,
+    Intake,
+    IntakeOut,
+    JobList,
+    JobOut,
+    ModelsOut,
+    Relabel,
+    RetrainOut,
+    RetrainRequest,
+    VersionOut,
+)
+from service.settings import Settings
+from store import Store, examples, jobs, versions
+from store.examples import StoredExample
 
-_settings = get_settings()
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-ADMIN_PREFIXES = ("/examples", "/retrain", "/jobs", "/models")
-
-ExampleText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=_settings.max_text_chars)
-]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+MAX_PAGE = 1000
 
 
-class ExampleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: ExampleText
-    label: Label
+class RefusedError(Exception):
+    """A request we answer with a 4xx: the message says what to change."""
 
-
-class Intake(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    examples: list[ExampleIn] = Field(min_length=1, max_length=_settings.max_examples_per_request)
-    source: Annotated[str, StringConstraints(max_length=200)] | None = None
-    allow_new_labels: bool = Field(
-        False, description="Accept labels the active model does not know (the head is retrained)."
-    )
-
-
-class RetrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    examples: list[ExampleIn] | None = Field(None, max_length=_settings.max_examples_per_request)
-    source: Annotated[str, StringConstraints(max_length=200)] | None = None
-    allow_new_labels: bool = False
-    strategy: Literal["full", "freeze", "lora"] | None = None
-    epochs: float | None = Field(None, gt=0, le=20)
-    lr: float | None = Field(None, gt=0, lt=1)
-    batch_size: int | None = Field(None, ge=1, le=1024)
-
-    def training_overrides(self) -> dict[str, Any]:
-        fields = ("strategy", "epochs", "lr", "batch_size")
-        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+    def __init__(
+        self, status: int, message: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details
 
 
 def _error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -81,138 +73,284 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-async def _parse(request: Request, model: type[M]) -> M | JSONResponse:
-    try:
-        payload = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(400, f"body is not valid JSON: {exc}")
+def _validate(model: type[M], payload: Any) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
         details = [{"loc": _location(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:50]]
         summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
-        return _error(422, f"invalid request: {summary}", details)
+        raise RefusedError(422, f"invalid request: {summary}", details) from exc
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    try:
+        payload = json.loads(await request.body() or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RefusedError(400, f"body is not valid JSON: {exc}") from exc
+    return _validate(model, payload)
+
+
+def _json(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+
+
+def _example_out(example: StoredExample) -> ExampleOut:
+    return ExampleOut(
+        **example.model_dump(), in_eval_split=in_eval_split(example.text, EVAL_FRACTION)
+    )
+
+
+def _int_param(request: Request, name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise RefusedError(422, f"{name} must be an integer, got {value!r}") from exc
+
+
+def handler(work: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """Run a route: 4xx for RefusedError, a logged JSON 500 with a request id for the rest."""
+
+    async def route(request: Request) -> Response:
+        try:
+            response: Response = await work(request)
+            return response
+        except RefusedError as exc:
+            return _error(exc.status, exc.message, exc.details)
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            log.exception(
+                "request_id=%s %s %s failed", request_id, request.method, request.url.path
+            )
+            return _error(
+                500, f"internal error (request_id {request_id}); the server log has the details"
+            )
+
+    return route
 
 
 class AdminApi:
-    """Request handlers; each one does its database work in a thread, not on the event loop."""
+    """Request handlers; database work runs in a thread, not on the event loop."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self.router = Router(
             routes=[
-                Route("/examples", self.add_examples, methods=["POST"]),
-                Route("/retrain", self.retrain, methods=["POST"]),
-                Route("/jobs", self.list_jobs, methods=["GET"]),
-                Route("/jobs/{job_id}", self.get_job, methods=["GET"]),
-                Route("/models", self.list_models, methods=["GET"]),
-                Route("/models/{version}/activate", self.activate, methods=["POST"]),
+                Route("/examples", handler(self.add_examples), methods=["POST"]),
+                Route("/examples", handler(self.list_examples), methods=["GET"]),
+                Route("/examples", handler(self.delete_source), methods=["DELETE"]),
+                Route("/examples/{id}", handler(self.get_example), methods=["GET"]),
+                Route("/examples/{id}", handler(self.relabel), methods=["PATCH"]),
+                Route("/examples/{id}", handler(self.delete_example), methods=["DELETE"]),
+                Route("/retrain", handler(self.retrain), methods=["POST"]),
+                Route("/jobs", handler(self.list_jobs), methods=["GET"]),
+                Route("/jobs/{job_id}", handler(self.get_job), methods=["GET"]),
+                Route("/models", handler(self.list_models), methods=["GET"]),
+                Route("/models/{version:path}/activate", handler(self.activate), methods=["POST"]),
             ]
         )
 
     # --- label policy ---------------------------------------------------------
-    def _label_problems(self, examples: list[ExampleIn], allow_new: bool) -> list[dict[str, Any]]:
-        """Rows whose label the active model does not know, unless new labels are allowed."""
-        if allow_new:
-            return []
-        active = self.store.active_tag(self.settings.model_name)
+    def _unknown_labels(self, labels: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """(location, label) pairs whose label the active model does not know."""
+        with self.store.transaction() as tx:
+            active = versions.active_tag(tx, self.settings.model_name)
         if active is None:
             return []
         known = set(registry.get(active).labels)
         return [
             {
-                "loc": f"examples[{i}].label",
-                "msg": f"label {ex.label!r} is not one of {', '.join(sorted(known))}; "
+                "loc": loc,
+                "msg": f"label {label!r} is not one of {', '.join(sorted(known))}; "
                 "fix it, or send allow_new_labels: true to add a label",
             }
-            for i, ex in enumerate(examples)
-            if ex.label not in known
+            for loc, label in labels
+            if label not in known
         ]
 
-    def _store_examples(
-        self, intake: Intake | RetrainRequest, params: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        examples = intake.examples or []
-        problems = self._label_problems(examples, intake.allow_new_labels)
-        if problems:
-            raise RefusedError(422, f"{len(problems)} example(s) have unknown labels", problems)
-        new = [NewExample(e.text, e.label) for e in examples]
+    def _store(self, body: Intake | RetrainRequest, job_params: dict[str, Any] | None) -> Any:
+        rows: list[ExampleIn] = body.examples or []
+        if not body.allow_new_labels:
+            problems = self._unknown_labels(
+                [(f"examples[{i}].label", ex.label) for i, ex in enumerate(rows)]
+            )
+            if problems:
+                raise RefusedError(422, f"{len(problems)} example(s) have unknown labels", problems)
+        new = [examples.NewExample(e.text, e.label) for e in rows]
         try:
-            with self.store.session() as session:
-                result = self.store.add_examples(new, intake.source, session) if new else None
-                job = (
-                    self.store.create_job(self.settings.model_name, params, session)
-                    if params is not None
+            with self.store.transaction() as tx:
+                result = (
+                    examples.add(tx, new, body.source, relabel=body.on_conflict == "relabel")
+                    if new
                     else None
                 )
-        except ConflictError as exc:
-            details = [
-                {"loc": p.split(":", 1)[0], "msg": p.split(": ", 1)[1]} for p in exc.problems
-            ]
+                job = jobs.create(tx, self.settings.model_name, job_params) if job_params else None
+        except examples.ConflictError as exc:
+            details = [{"loc": loc, "msg": msg} for loc, msg in exc.problems]
             raise RefusedError(
-                422, "examples conflict with stored ones; nothing was stored", details
+                409, "examples conflict with stored ones; nothing was stored", details
             ) from exc
-        answer: dict[str, Any] = {}
-        if result is not None:
-            answer |= {
-                "accepted": result.accepted,
-                "duplicates": result.duplicates,
-                "total": result.total,
-            }
-        if job is not None:
-            answer["job_id"] = job.id
-        return answer
+        intake = IntakeOut(**vars(result)) if result else None
+        return intake if job is None else RetrainOut(job_id=job.id, intake=intake)
 
+    # --- examples -------------------------------------------------------------
     async def add_examples(self, request: Request) -> Response:
-        intake = await _parse(request, Intake)
-        if isinstance(intake, JSONResponse):
-            return intake
-        return await self._run(lambda: JSONResponse(self._store_examples(intake, None)))
+        body = await _body(request, Intake)
+        return _json(await run_in_threadpool(self._store, body, None))
 
+    async def list_examples(self, request: Request) -> Response:
+        q = request.query_params
+        unknown = set(q) - {"label", "source", "since", "cursor", "limit"}
+        if unknown:
+            raise RefusedError(
+                422,
+                f"unknown query parameter(s) {', '.join(sorted(unknown))}; "
+                "use label, source, since, cursor, limit",
+            )
+        limit = _int_param(request, "limit", q.get("limit", "100"))
+        if not 1 <= limit <= MAX_PAGE:
+            raise RefusedError(422, f"limit must be between 1 and {MAX_PAGE}")
+        after = _int_param(request, "cursor", q.get("cursor", "0"))
+        since = None
+        if "since" in q:
+            try:
+                since = datetime.fromisoformat(q["since"])
+            except ValueError as exc:
+                raise RefusedError(
+                    422, f"since must be an ISO 8601 time, e.g. 2026-11-23T12:00:00Z: {exc}"
+                ) from exc
+
+        def read() -> ExamplePage:
+            with self.store.transaction() as tx:
+                rows = examples.page(
+                    tx,
+                    label=q.get("label"),
+                    source=q.get("source"),
+                    since=since,
+                    after_id=after,
+                    limit=limit,
+                )
+            more = len(rows) == limit
+            return ExamplePage(
+                items=[_example_out(r) for r in rows],
+                next_cursor=str(rows[-1].id) if more else None,
+            )
+
+        return _json(await run_in_threadpool(read))
+
+    def _example_id(self, request: Request) -> int:
+        return _int_param(request, "example id", request.path_params["id"])
+
+    def _not_found(self, example_id: int) -> RefusedError:
+        return RefusedError(404, f"no example {example_id}; GET /examples lists them")
+
+    async def get_example(self, request: Request) -> Response:
+        example_id = self._example_id(request)
+
+        def read() -> ExampleOut:
+            with self.store.transaction() as tx:
+                found = examples.get(tx, example_id)
+            if found is None:
+                raise self._not_found(example_id)
+            return _example_out(found)
+
+        return _json(await run_in_threadpool(read))
+
+    async def relabel(self, request: Request) -> Response:
+        example_id = self._example_id(request)
+        body = await _body(request, Relabel)
+
+        def write() -> ExampleOut:
+            if not body.allow_new_labels:
+                problems = self._unknown_labels([("label", body.label)])
+                if problems:
+                    raise RefusedError(422, problems[0]["msg"], problems)
+            with self.store.transaction() as tx:
+                changed = examples.relabel(tx, example_id, body.label, "api")
+            if changed is None:
+                raise self._not_found(example_id)
+            return _example_out(changed)
+
+        return _json(await run_in_threadpool(write))
+
+    async def delete_example(self, request: Request) -> Response:
+        example_id = self._example_id(request)
+        reason = request.query_params.get("reason")
+
+        def write() -> Deleted:
+            with self.store.transaction() as tx:
+                gone = examples.delete_where(tx, example_id=example_id, reason=reason)
+            if not gone:
+                raise self._not_found(example_id)
+            return Deleted(deleted=gone)
+
+        return _json(await run_in_threadpool(write))
+
+    async def delete_source(self, request: Request) -> Response:
+        source = request.query_params.get("source")
+        if not source:
+            raise RefusedError(
+                422,
+                "DELETE /examples needs ?source=NAME (a whole batch); "
+                "delete one example with DELETE /examples/{id}",
+            )
+        reason = request.query_params.get("reason")
+
+        def write() -> Deleted:
+            with self.store.transaction() as tx:
+                return Deleted(deleted=examples.delete_where(tx, source=source, reason=reason))
+
+        return _json(await run_in_threadpool(write))
+
+    # --- jobs -----------------------------------------------------------------
     async def retrain(self, request: Request) -> Response:
-        body = await _parse(request, RetrainRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        params = {"training": body.training_overrides()}
-        return await self._run(
-            lambda: JSONResponse(self._store_examples(body, params), status_code=202)
-        )
+        body = await _body(request, RetrainRequest)
+        params = {"mode": body.mode, "training": body.training_overrides()}
+        return _json(await run_in_threadpool(self._store, body, params), status=202)
 
     async def list_jobs(self, request: Request) -> Response:
-        jobs = await run_in_threadpool(self.store.list_jobs)
-        return JSONResponse({"jobs": [j.public() for j in jobs]})
+        def read() -> JobList:
+            with self.store.transaction() as tx:
+                return JobList(jobs=[JobOut.of(j) for j in jobs.recent(tx)])
+
+        return _json(await run_in_threadpool(read))
 
     async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        job = await run_in_threadpool(self.store.get_job, job_id)
-        if job is None:
-            return _error(404, f"no job {job_id!r}; GET /jobs lists them")
-        return JSONResponse(job.public())
 
-    def _models(self) -> dict[str, Any]:
+        def read() -> JobOut:
+            with self.store.transaction() as tx:
+                job = jobs.get(tx, job_id)
+            if job is None:
+                raise RefusedError(404, f"no job {job_id!r}; GET /jobs lists them")
+            return JobOut.of(job)
+
+        return _json(await run_in_threadpool(read))
+
+    # --- versions -------------------------------------------------------------
+    def _models(self) -> ModelsOut:
         name = self.settings.model_name
-        active = self.store.active_tag(name)
-        statuses = self.store.version_statuses(name)
-        versions = []
+        with self.store.transaction() as tx:
+            active = versions.active_tag(tx, name)
+            states = versions.states(tx, name)
+        out = []
         for v in registry.list_versions(name):
-            status, reason = statuses.get(v.tag, ("candidate", "registered outside the service"))
-            if v.tag == active:
-                status = "active"
+            state = states.get(v.tag)
+            status = "active" if v.tag == active else (state.status if state else "candidate")
             evaluation = v.metrics().get("evaluation", {})
-            versions.append(
-                {
-                    "tag": v.tag,
-                    "version": v.version,
-                    "status": status,
-                    "reason": reason,
-                    "created_at": v.created.isoformat(),
-                    "labels": list(v.labels),
-                    "metrics": {
+            out.append(
+                VersionOut(
+                    tag=v.tag,
+                    version=v.version,
+                    status=status,
+                    reason=state.reason if state else "registered outside the service",
+                    created_at=v.created,
+                    labels=list(v.labels),
+                    metrics={
                         k: evaluation.get(k)
                         for k in ("macro_f1", "macro_recall", "accuracy", "samples")
                     },
-                    "provenance": {
+                    provenance={
                         k: v.metadata.get(k)
                         for k in (
                             "parent",
@@ -221,17 +359,19 @@ class AdminApi:
                             "data_fingerprint",
                             "examples",
                             "libraries",
+                            "config",
+                            "mode",
                         )
-                    }
-                    | {"config": v.metadata.get("config")},
-                }
+                    },
+                    data_revision=state.data_revision if state else None,
+                )
             )
-        return {"model_name": name, "active": active, "versions": versions}
+        return ModelsOut(model_name=name, active=active, versions=out)
 
     async def list_models(self, request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(self._models))
+        return _json(await run_in_threadpool(self._models))
 
-    def _activate(self, version: str) -> dict[str, Any]:
+    def _activate(self, version: str) -> Activated:
         name = self.settings.model_name
         tag = version if ":" in version else f"{name}:{version}"
         try:
@@ -242,70 +382,10 @@ class AdminApi:
             raise RefusedError(
                 422, f"{tag} is not a version of {name!r}, the model this service serves"
             )
-        previous = self.store.activate(name, found.tag, "activated through the API")
-        return {"active": found.tag, "previous": previous}
+        with self.store.transaction() as tx:
+            previous = versions.activate(tx, name, found.tag, "activated through the API")
+        return Activated(active=found.tag, previous=previous)
 
     async def activate(self, request: Request) -> Response:
         version = request.path_params["version"]
-        return await self._run(lambda: JSONResponse(self._activate(version)))
-
-    async def _run(self, work: Any) -> Response:
-        try:
-            response: Response = await run_in_threadpool(work)
-        except RefusedError as exc:
-            return _error(exc.status, exc.message, exc.details)
-        return response
-
-
-class RefusedError(Exception):
-    def __init__(
-        self, status: int, message: str, details: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.details = status, message, details
-
-
-class AdminRoutes:
-    """ASGI middleware: admin paths go to the AdminApi (after auth and body limits), others on.
-
-    Added outermost, so an unauthenticated request is refused before its body is read.
-    """
-
-    def __init__(self, app: ASGIApp, api_factory: Any) -> None:
-        self.app = app
-        self.settings = get_settings()
-        self.api_factory = api_factory
-        self._api: ASGIApp | None = None
-
-    def _admin_app(self) -> ASGIApp:
-        if self._api is None:
-            api: AdminApi = self.api_factory()
-            self._api = RequestGuard(
-                api.router, self.settings.max_admin_body_bytes, "MAX_ADMIN_BODY_BYTES"
-            )
-        return self._api
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(ADMIN_PREFIXES):
-            await self.app(scope, receive, send)
-            return
-        token = self.settings.admin_token
-        if token is None:
-            await send_json_error(
-                send,
-                403,
-                "admin endpoints are disabled: set the ADMIN_TOKEN environment variable "
-                "(at least 16 characters) and restart the service",
-            )
-            return
-        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.get_secret_value().encode()
-        ):
-            await send_json_error(
-                send, 401, "missing or wrong admin token: send 'Authorization: Bearer $ADMIN_TOKEN'"
-            )
-            return
-        await self._admin_app()(scope, receive, send)
+        return _json(await run_in_threadpool(self._activate, version))

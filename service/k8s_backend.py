@@ -1,4 +1,4 @@
-"""RETRAIN_BACKEND=kubernetes: each retrain job runs as a Kubernetes Job (shared/DESIGN.md #10).
+"""RETRAIN_BACKEND=kubernetes: each retrain job runs as a Kubernetes Job (docs/DESIGN.md #10).
 
 The pod comes from a PodTemplate (RETRAIN_POD_TEMPLATE in POD_NAMESPACE,
 shipped by k8s/overlays/scaled), so image, volumes, resources and security
@@ -10,10 +10,11 @@ queued job this backend creates
       backoffLimit            = 0      (the job queue decides retries, not Kubernetes)
       activeDeadlineSeconds   = RETRAIN_TIMEOUT_S
       ttlSecondsAfterFinished = 86400
-      template                = the PodTemplate's, with env JOB_ID set to the job id
+      template                = the PodTemplate's, with env JOB_ID set to the job id and
+                                the server's retrain settings (GATE_TOLERANCE, ...) set
 
 and follows it by reading the Job's status. The training pod records its own
-result in the database (`python -m training retrain --job-id ID`); the
+result in the database (`python -m retrain run --job-id ID`); the
 JobRunner only needs to know when it ended and, if it failed, why.
 
 The server's Role (k8s/overlays/scaled/rbac.yaml) grants exactly: get on the
@@ -36,7 +37,7 @@ from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
 
 from service.settings import Settings
-from service.store import Job
+from store.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ Manifest = dict[str, Any]
 
 class KubernetesBackendError(RuntimeError):
     """A retrain Job could not be created; the message says what to fix."""
+
+
+def forwarded_settings(settings: Settings) -> dict[str, str]:
+    """The server's retrain settings, set in each Job so the pod decides as the server would.
+
+    Where the state lives stays the template's (its volumes and the Secret's URL).
+    """
+    env = settings.retrain_env()
+    return {k: v for k, v in env.items() if k not in ("STATE_DIR", "DATABASE_URL")}
 
 
 def job_name(job_id: str) -> str:
@@ -326,6 +336,10 @@ class KubernetesBackend:
         for entry in job_id_envs:
             entry.pop("valueFrom", None)
             entry["value"] = job_id
+        forwarded = forwarded_settings(self.settings)
+        for container in containers:
+            env = [e for e in container.get("env") or [] if e.get("name") not in forwarded]
+            container["env"] = env + [{"name": k, "value": v} for k, v in forwarded.items()]
         # Only what a pod template's metadata may carry: a server's answer can
         # hold read-only fields (e.g. "creationTimestamp": null) in it.
         meta = template.get("metadata") or {}

@@ -8,8 +8,8 @@ merged view with no registration of our own; `ServiceMetrics` must only be
 built in a worker (the service's `__init__`), never at import time in the
 process that merely loads the service definition.
 
-What a person can act on (shared/DESIGN.md #9): which version is live, what it
-predicts and how sure it is, what batching and padding cost, and how
+What a person can act on (docs/DESIGN.md #9): which version is live, what it
+predicts and how sure it is, what batching costs, and how
 retraining goes (jobs by outcome, their duration, examples stored, the
 evaluation macro-F1 of the version being served).
 """
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from prometheus_client import Counter, Gauge, Histogram
 
 from service.model_holder import LoadedModel
-from service.store import Job
+from store.jobs import Job
 
 NAMESPACE = "selftune"
 CONFIDENCE_BUCKETS = (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -78,8 +78,7 @@ class ServiceMetrics:
         )
         self.batch_tokens = Histogram(
             "inference_batch_tokens",
-            "Tokens per batch: 'real' ones from the texts and 'padded' ones the model ran on.",
-            ["kind"],
+            "Tokens per batch (the model runs on exactly these: nothing is padded).",
             namespace=NAMESPACE,
             buckets=TOKEN_BUCKETS,
         )
@@ -134,14 +133,12 @@ class ServiceMetrics:
         labels: Sequence[str],
         confidences: Sequence[float],
         seconds: float,
-        real_tokens: int,
-        padded_tokens: int,
+        tokens: int,
     ) -> None:
         """Record one scored batch (`labels`/`confidences`: the winner per text)."""
         self.batch_size.observe(len(labels))
         self.batch_seconds.observe(seconds)
-        self.batch_tokens.labels("real").observe(real_tokens)
-        self.batch_tokens.labels("padded").observe(padded_tokens)
+        self.batch_tokens.observe(tokens)
         for label, count in collections.Counter(labels).items():
             self.predictions.labels(label, version).inc(count)
         for confidence in confidences:

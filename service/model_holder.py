@@ -2,7 +2,7 @@
 
 BentoML has no model-reload API and an HTTP call reaches one arbitrary worker,
 so every worker polls which version should be active and swaps by itself
-(shared/DESIGN.md #5). A swap loads and warms the new `Classifier` beside the
+(docs/DESIGN.md #5). A swap loads and warms the new `Classifier` beside the
 old one and then replaces a single reference; a batch reads that reference
 once, so batches already running finish on the old model and no request fails
 during a swap.
@@ -15,14 +15,14 @@ activation and rollback move.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service import registry
-from service.registry import ModelVersion
-from service.runtime import Classifier
-from service.store import Store
+from core import registry
+from core.periodic import Periodic
+from core.registry import ModelVersion
+from core.runtime import Classifier
+from store import Store, versions
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,13 @@ def active_version_resolver(store: Store, model_name: str) -> Resolver:
     """
 
     def resolve() -> str | None:
-        tag = store.active_tag(model_name)
+        with store.transaction() as tx:
+            tag = versions.active_tag(tx, model_name)
         if tag is not None:
             return tag
         trained = (v for v in registry.list_versions(model_name) if not v.metadata.get("parent"))
         newest = next(trained, None)
-        return store.adopt_if_none(model_name, newest.tag) if newest else None
+        return versions.adopt_if_none(store, model_name, newest.tag) if newest else None
 
     return resolve
 
@@ -84,11 +85,9 @@ class ModelHolder:
     def __init__(self, resolver: Resolver, threads: int, poll_seconds: float) -> None:
         self._resolver = resolver
         self._threads = threads
-        self._poll_seconds = poll_seconds
         self._loaded: LoadedModel | None = None
         self._failed_tag: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Periodic("model-poller", poll_seconds, self.refresh)
         self._on_swap: list[Callable[[LoadedModel, LoadedModel | None], None]] = []
 
     @property
@@ -138,19 +137,7 @@ class ModelHolder:
     def start(self) -> None:
         """Load what is active now, then keep polling in a daemon thread."""
         self.refresh()
-        self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self._poll_seconds):
-            try:
-                self.refresh()
-            except Exception:
-                # The resolver reads shared state (the store, later a database) that
-                # may be briefly unavailable; the next poll tries again.
-                log.exception("checking the active model version failed")
+        self._poller.stop()

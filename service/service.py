@@ -1,16 +1,13 @@
 """The HTTP service: `bentoml serve service.service:TextClassifier`.
 
-A request travels through three files:
+A prediction travels through three files:
 
-1. `service.schemas` — `RequestGuard` refuses wrong content types and oversize
-   bodies before they are read; BentoML then validates the JSON against
-   `Texts` (400 with the reason on failure).
+1. `service.schemas` — the request and answer types BentoML validates against
+   (the middlewares of `service.guards` have already checked type and size);
 2. here — BentoML's adaptive batching merges the `texts` of concurrent
-   requests into one list (`batchable=True`), `predict` scores it with the
-   model the `ModelHolder` serves right now, and BentoML splits the answers
-   back per request, in order.
-3. `service.runtime` — `tokenizers` + ONNX Runtime, batches cut by length so
-   that batching never pays for padding.
+   requests into one list, `predict` scores it with the model the
+   `ModelHolder` serves right now, and BentoML splits the answers back;
+3. `core.runtime` — `tokenizers` + ONNX Runtime, one text per run.
 
 Every worker process builds its own `TextClassifier`: its own ORT session with
 THREADS_PER_WORKER threads, its own model poller, its own metric files.
@@ -23,51 +20,24 @@ import time
 from typing import cast
 
 import bentoml
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.admin import AdminApi, AdminRoutes
+from service.admin import AdminApi
 from service.batching import dispatch_without_learned_wait
 from service.client_errors import log_client_errors_in_one_line
-from service.jobs import JobRunner, make_backend
+from service.guards import PREDICT_ROUTE, AdminRoutes, ModelGate, RequestGuard
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
-from service.schemas import Prediction, RequestGuard, Texts, predictions, send_json_error
+from service.runner import JobRunner, make_backend
+from service.schemas import Prediction, Texts, predictions
 from service.settings import get_settings
-from service.store import open_store
+from store import examples, open_store
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
-PREDICT_ROUTE = "/predict"
 # Before BentoML builds the app and its batching dispatchers (see service.batching).
 dispatch_without_learned_wait()
 log_client_errors_in_one_line()
-
-
-class ModelGate:
-    """Answer /predict with 503 and what to do about it while no model is loaded.
-
-    This lives in front of BentoML rather than in `predict` because BentoML
-    replaces the message of every 5xx an API raises with a generic one.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE:
-            service = bentoml.get_current_service()
-            if service is None or not service.holder.ready:
-                await send_json_error(
-                    send,
-                    503,
-                    f"no version of model {settings.model_name!r} is loaded yet: train one with "
-                    f"`make serve` (first run) or `python -m training fit --data FILE.csv "
-                    f"--name {settings.model_name}`; every worker picks it up within "
-                    f"{settings.model_poll_seconds:g} s",
-                )
-                return
-        await self.app(scope, receive, send)
 
 
 @bentoml.service(
@@ -94,7 +64,7 @@ class TextClassifier:
             make_backend(settings),
             settings,
             on_finished=self.metrics.job_finished,
-            on_poll=lambda: self.metrics.examples_stored.set(self.store.count_examples()),
+            on_poll=self._count_examples,
         )
         self.jobs.start()
         log.info(
@@ -104,6 +74,10 @@ class TextClassifier:
             settings.max_batch_size,
             settings.max_latency_ms,
         )
+
+    def _count_examples(self) -> None:
+        with self.store.transaction() as tx:
+            self.metrics.examples_stored.set(examples.count(tx))
 
     def __is_ready__(self) -> bool:
         """/readyz: ready once a model is loaded, so no traffic reaches a worker before."""
@@ -135,8 +109,7 @@ class TextClassifier:
             [a.label for a in answers],
             [a.score for a in answers],
             seconds,
-            scored.real_tokens,
-            scored.padded_tokens,
+            scored.tokens,
         )
         return answers
 
@@ -147,7 +120,8 @@ _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
 # Outermost first: size and content type are checked before the model gate.
 # Admin paths are answered (after auth) before the predict guards see them.
 _service.add_asgi_middleware(
-    AdminRoutes, api_factory=lambda: AdminApi(open_store(settings.resolved_database_url), settings)
+    AdminRoutes,
+    router_factory=lambda: AdminApi(open_store(settings.resolved_database_url), settings).router,
 )
 _service.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
 _service.add_asgi_middleware(ModelGate)

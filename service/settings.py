@@ -11,33 +11,19 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.settings import RetrainSettings
 
 MIN_TOKEN_CHARS = 16
 
 
-class Settings(BaseSettings):
+class Settings(RetrainSettings):
     """Service configuration. Environment variables use the field name in upper case."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", protected_namespaces=())
-
     # --- model -------------------------------------------------------------
-    model_name: str = Field(
-        "text-classifier",
-        description="Name of the model in the BentoML store whose active version is served.",
-    )
-    state_dir: Path = Field(
-        Path("var"),
-        description="Where the SQLite database and job logs live when DATABASE_URL is unset.",
-    )
-    database_url: str = Field(
-        "",
-        description="SQLAlchemy URL of the example/job/version store; empty: SQLite in STATE_DIR.",
-    )
     model_poll_seconds: float = Field(
         2.0, gt=0, description="How often each worker checks which version is active."
     )
@@ -96,11 +82,7 @@ class Settings(BaseSettings):
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
     )
     pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")
-    retrain_threads: int = Field(1, ge=1, description="CPU threads a local retrain may use.")
     retrain_nice: int = Field(10, ge=0, le=19)
-    gate_tolerance: float = Field(
-        0.0, ge=0, le=1, description="A candidate is promoted if its macro-F1 >= active - this."
-    )
 
     @model_validator(mode="after")
     def _check_threads(self) -> Settings:
@@ -126,10 +108,6 @@ class Settings(BaseSettings):
     def threads_per_worker(self) -> int:
         """ONNX Runtime threads for one worker: explicit, or an even share of the cores."""
         return self.ort_threads or max(1, (os.cpu_count() or 1) // self.workers)
-
-    @property
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.state_dir.resolve() / 'service.db'}"
 
 
 @lru_cache(maxsize=1)

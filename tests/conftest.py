@@ -8,47 +8,18 @@ tests start) uses.
 
 from __future__ import annotations
 
-import csv
 import os
-import random
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import fit_tiny, write_sentiment_csv
 from tests.pg import PostgresServer, PostgresUnavailableError, postgres_server
-from tests.tiny_model import FILLER, NEGATIVE, NEUTRAL, POSITIVE, build_tiny_bert
+from tests.tiny_model import build_tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:
-    """Short texts whose sentiment word decides the label, among neutral filler."""
-    texts = set()
-    while len(texts) < n:
-        body = rng.sample(FILLER, rng.randint(2, 6)) + rng.sample(words, rng.randint(1, 2))
-        rng.shuffle(body)
-        texts.add(" ".join(body))
-    return sorted(texts)
-
-
-def write_sentiment_csv(path: Path, per_class: int, seed: int = 0) -> Path:
-    """A learnable 3-class CSV (negative/neutral/positive) with `per_class` rows each."""
-    rng = random.Random(seed)
-    rows = [
-        (text, label)
-        for label, words in (("negative", NEGATIVE), ("neutral", NEUTRAL), ("positive", POSITIVE))
-        for text in make_texts(words, per_class, rng)
-    ]
-    rng.shuffle(rows)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -77,43 +48,6 @@ def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("BENTOML_HOME", None)
     else:
         os.environ["BENTOML_HOME"] = old
-
-
-def run_training_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`python -m training ARGS` in a child process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
-
-
-def fit_tiny(base_model: Path, data: Path, name: str, *extra: str) -> str:
-    """Fine-tune the tiny BERT through the CLI; returns the registered tag (last stdout line)."""
-    result = run_training_cli(
-        "fit",
-        "--data",
-        str(data),
-        "--base-model",
-        str(base_model),
-        "--name",
-        name,
-        "--epochs",
-        "15",
-        "--lr",
-        "2e-3",
-        "--batch-size",
-        "16",
-        # A randomly initialised encoder must learn its embeddings, and must not stop early.
-        "--no-freeze-embeddings",
-        "--patience",
-        "60",
-        *extra,
-    )
-    return result.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

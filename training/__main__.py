@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.registry import VersionNotFoundError
+from core.registry import VersionNotFoundError
 from training.config import TrainConfig, load_config_file
 from training.data import DataError
 from training.errors import ExportError
@@ -70,15 +70,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from training import stored_fit
     from training.pipeline import run_fit
 
-    version = run_fit(config_from_args(args))
+    cfg = config_from_args(args)
+    use_store = stored_fit.store_configured() if args.store is None else args.store
+    if use_store:
+        cfg, revision = stored_fit.prepare(cfg)
+    version = run_fit(cfg).version
+    if use_store:
+        stored_fit.record(version, revision)
     sys.stdout.write(version.tag + "\n")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from service.registry import get
+    from core.registry import get
     from training import data as datamod
     from training.evaluate import evaluate_version
 
@@ -99,23 +106,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_retrain(args: argparse.Namespace) -> int:
-    from service.settings import get_settings
-    from service.store import open_store
-    from training.retrain import run_job
-
-    settings = get_settings()
-    store = open_store(settings.resolved_database_url)
-    try:
-        state = run_job(args.job_id, store, settings)
-    except Exception as exc:
-        # Record why before dying, so GET /jobs/{id} says it rather than "process exited".
-        store.finish_job(args.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    sys.stdout.write(state + "\n")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -123,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fine-tune, evaluate, export and register a new version")
     _add_config_flags(fit)
+    fit.add_argument(
+        "--store",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the training data into the service's example store, so retrains replay "
+        "it (default: on where DATABASE_URL is set or STATE_DIR's database exists)",
+    )
     fit.set_defaults(func=cmd_fit)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a registered version on a labeled file")
@@ -144,11 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.set_defaults(func=cmd_search)
 
-    retrain = sub.add_parser(
-        "retrain", help="run one queued retrain job of the service (DATABASE_URL, BENTOML_HOME)"
-    )
-    retrain.add_argument("--job-id", required=True)
-    retrain.set_defaults(func=cmd_retrain)
     return parser
 
 
@@ -160,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for ours in ("training", "service"):
+    for ours in ("training", "core"):
         logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args))

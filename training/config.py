@@ -40,7 +40,17 @@ class TrainConfig(BaseModel):
 
     data: Path
     eval_data: Path | None = None
+    dev_data: Path | None = Field(
+        None,
+        description="Data for early stopping and picking the best step; default: carved "
+        "from --data (dev-fraction).",
+    )
     base_model: str = Field(default_factory=default_base_model)
+    init_from: str | None = Field(
+        None,
+        description="A registered version's folder to warm-start from (its fine-tuned "
+        "weights and head); its labels come first, new labels in the data extend the head.",
+    )
     name: str = DEFAULT_MODEL_NAME
     text_column: str = "text"
     label_column: str = "label"
@@ -106,8 +116,9 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if not self.data.exists():
             raise ValueError(f"training data {self.data} does not exist")
-        if self.eval_data is not None and not self.eval_data.exists():
-            raise ValueError(f"evaluation data {self.eval_data} does not exist")
+        for name, path in (("evaluation", self.eval_data), ("dev", self.dev_data)):
+            if path is not None and not path.exists():
+                raise ValueError(f"{name} data {path} does not exist")
         if self.strategy == "freeze" and self.freeze_layers == 0:
             raise ValueError(
                 "strategy 'freeze' with freeze_layers=0 is 'full'; set --freeze-layers"

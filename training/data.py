@@ -20,6 +20,8 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
+from core.text import in_eval_split
+
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 20
@@ -221,19 +223,9 @@ def load(
     return build_dataset(read_examples(path, text_column, label_column), label_names, for_training)
 
 
-def in_hash_eval(text: str, fraction: float) -> bool:
-    """Stable assignment of a text to the evaluation split (shared/DESIGN.md #7).
-
-    Depends on the text alone, so an evaluation example stays one in every
-    future retrain and is never trained on by any version.
-    """
-    bucket = int.from_bytes(hashlib.sha256(text.strip().encode()).digest()[:8], "big")
-    return bucket / 2**64 < fraction
-
-
 def hash_split(data: LabeledData, fraction: float) -> tuple[LabeledData, LabeledData]:
-    """(train, eval) by `in_hash_eval`; refuses a split that leaves a label out of either side."""
-    eval_idx = [i for i, t in enumerate(data.texts) if in_hash_eval(t, fraction)]
+    """(train, eval) by `core.text.in_eval_split`; refuses a split leaving a label out of a side."""
+    eval_idx = [i for i, t in enumerate(data.texts) if in_eval_split(t, fraction)]
     eval_set = set(eval_idx)
     train_idx = [i for i in range(len(data)) if i not in eval_set]
     train, held = data.subset(train_idx), data.subset(eval_idx)
@@ -259,3 +251,16 @@ def stratified_split(
         list(range(len(data))), test_size=size, random_state=seed, stratify=list(data.labels)
     )
     return data.subset(rest), data.subset(held)
+
+
+def write_csv(path: Path, rows: Iterable[tuple[str, str]]) -> int:
+    """Write (text, label) rows as the `text,label` CSV `load` reads; returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return count

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from service.registry import ModelVersion
-from service.runtime import Classifier
+from core.registry import ModelVersion
+from core.runtime import Classifier
 from training.data import LabeledData
 
 
@@ -47,15 +47,11 @@ def classification_metrics(
     }
 
 
-def evaluate_onnx(
-    classifier: Classifier, data: LabeledData, batch_size: int = 64
-) -> dict[str, Any]:
+def evaluate_onnx(classifier: Classifier, data: LabeledData) -> dict[str, Any]:
     """Metrics of an exported model (the artifact that is served) on `data`."""
-    predictions: list[int] = []
-    for start in range(0, len(data), batch_size):
-        probs = classifier.predict_proba(data.texts[start : start + batch_size])
-        predictions.extend(int(i) for i in probs.argmax(axis=1))
-    return classification_metrics(data.labels, predictions, data.label_names)
+    return classification_metrics(
+        data.labels, classifier.predict_indices(data.texts), data.label_names
+    )
 
 
 def evaluate_version(version: ModelVersion, data: LabeledData, threads: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Export a trained classifier to ONNX, prove it matches PyTorch, and quantize it.
 
-Parity is checked through the *serving* code path (`service.runtime.Classifier`:
+Parity is checked through the *serving* code path (`core.runtime.Classifier`:
 tokenizers + ONNX Runtime), not a bare ORT call, so a broken tokenizer.json or
 a wrong input name fails here, at training time, instead of in production.
 Failures raise typed errors that carry the numbers.
@@ -19,8 +19,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from service.registry import ONNX_FILE, TOKENIZER_FILE
-from service.runtime import Classifier
+from core.registry import ONNX_FILE, TOKENIZER_FILE
+from core.runtime import Classifier
 from training.errors import ExportError
 
 log = logging.getLogger(__name__)

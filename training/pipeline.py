@@ -16,24 +16,38 @@ import logging
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.registry import METRICS_FILE, ONNX_FILE, REPORT_FILE, ModelVersion, register
-from service.runtime import Classifier
+import numpy as np
+
+from core.registry import (
+    EVAL_PREDICTIONS_FILE,
+    HF_DIR,
+    METRICS_FILE,
+    ONNX_FILE,
+    REPORT_FILE,
+    TRAINED_FILE,
+    ModelVersion,
+    register,
+)
+from core.runtime import Classifier
+from core.text import text_key
 from training import data as datamod
 from training.config import TrainConfig
 from training.data import LabeledData
-from training.evaluate import evaluate_onnx
+from training.evaluate import classification_metrics
 from training.export import check_parity, quantize_int8, torch_logits, write_onnx
 from training.report import write_report
 from training.strategies import merged_for_export
-from training.train import ProgressFn, fine_tune, load_base
+from training.train import fine_tune, load_base, warm_start_folder
 
 log = logging.getLogger(__name__)
 
 PARITY_SAMPLES = 64
+PRECISION_CHECK_TEXTS = 2000
 LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxruntime", "tokenizers", "bentoml")
 
 
@@ -44,9 +58,20 @@ class Splits:
     eval: LabeledData
 
 
+def label_order(cfg: TrainConfig, found: Iterable[str]) -> tuple[str, ...]:
+    """Sorted labels; when warm-starting, the version's labels first and new ones after."""
+    if not cfg.init_from:
+        return tuple(sorted(found))
+    config = json.loads((Path(warm_start_folder(cfg.init_from)) / "config.json").read_text())
+    known = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    return (*known, *sorted(set(found) - set(known)))
+
+
 def make_splits(cfg: TrainConfig) -> Splits:
     """Load and validate the data (raises DataError before any model is touched) and split it."""
-    data = datamod.load(cfg.data, cfg.text_column, cfg.label_column)
+    rows = datamod.read_examples(cfg.data, cfg.text_column, cfg.label_column)
+    names = label_order(cfg, {r.label for r in rows})
+    data = datamod.build_dataset(rows, names)
     if cfg.eval_data is not None:
         held = datamod.load(
             cfg.eval_data, cfg.text_column, cfg.label_column, data.label_names, for_training=False
@@ -63,7 +88,14 @@ def make_splits(cfg: TrainConfig) -> Splits:
         train, held = datamod.hash_split(data, cfg.eval_fraction)
     else:
         train, held = datamod.stratified_split(data, cfg.eval_fraction, cfg.seed)
-    train, dev = datamod.stratified_split(train, cfg.dev_fraction, cfg.seed, max_held=cfg.dev_max)
+    if cfg.dev_data is not None:
+        dev = datamod.load(
+            cfg.dev_data, cfg.text_column, cfg.label_column, data.label_names, for_training=False
+        )
+    else:
+        train, dev = datamod.stratified_split(
+            train, cfg.dev_fraction, cfg.seed, max_held=cfg.dev_max
+        )
     log.info(
         "examples: train=%d dev=%d eval=%d labels=%s",
         len(train),
@@ -72,6 +104,28 @@ def make_splits(cfg: TrainConfig) -> Splits:
         ",".join(data.label_names),
     )
     return Splits(train, dev, held)
+
+
+@dataclass
+class PhaseClock:
+    """Seconds spent per phase, for the metrics and the job record."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.monotonic)
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = round(now - self._last, 2)
+        self._last = now
+
+
+def write_trained_keys(path: Path, texts: Iterable[str]) -> None:
+    np.array(sorted({text_key(t) for t in texts}), dtype=np.uint64).tofile(path)
+
+
+def write_eval_predictions(path: Path, texts: Sequence[str], predicted: Sequence[int]) -> None:
+    keys = np.array([text_key(t) for t in texts], dtype=np.uint64)
+    np.savez(path, keys=keys, predictions=np.array(predicted, dtype=np.int32))
 
 
 def library_versions() -> dict[str, str]:
@@ -90,45 +144,112 @@ def int8_within_budget(fp32_macro_f1: float, int8_macro_f1: float, budget: float
 
 
 def choose_precision(
-    staging: Path, splits: Splits, cfg: TrainConfig
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    staging: Path, splits: Splits, cfg: TrainConfig, progress: Progress
+) -> tuple[str, dict[str, Any], dict[str, Any], list[int]]:
     """Quantize to int8, keep it only within the macro-F1 budget.
 
-    Returns (precision kept, its metrics, metrics of every precision tried).
+    Returns (precision kept, its metrics, metrics of every precision tried,
+    its prediction per evaluation text).
     """
-    fp32 = evaluate_onnx(Classifier(staging, cfg.max_length, cfg.cpu_threads), splits.eval)
-    scores: dict[str, Any] = {"fp32": fp32}
+    texts, labels, names = splits.eval.texts, splits.eval.labels, splits.eval.label_names
+    # fp32 is scored on at most PRECISION_CHECK_TEXTS of them: enough to compare it with
+    # int8 on the same texts, and the kept model is scored on all of them anyway.
+    check = min(len(texts), PRECISION_CHECK_TEXTS)
+
+    def score(precision: str, upto: int) -> list[int]:
+        progress(
+            PHASES["evaluate" if precision == "fp32" else "quantize"] + 0.02,
+            f"evaluating {precision} on {upto} held-out texts",
+        )
+        classifier = Classifier(staging, cfg.max_length, cfg.cpu_threads)
+        return classifier.predict_indices(texts[:upto])
+
+    def metrics(predicted: list[int]) -> dict[str, Any]:
+        return classification_metrics(labels[: len(predicted)], predicted, names)
+
     if not cfg.int8:
-        return "fp32", fp32, scores
+        fp32_all = score("fp32", len(texts))
+        return "fp32", metrics(fp32_all), {"fp32": metrics(fp32_all)}, fp32_all
+    fp32_check = score("fp32", check)
     fp32_path = staging / "model.fp32.onnx"
     (staging / ONNX_FILE).rename(fp32_path)
+    progress(PHASES["quantize"], "quantizing to int8")
     quantize_int8(fp32_path, staging / ONNX_FILE)
-    int8 = evaluate_onnx(Classifier(staging, cfg.max_length, cfg.cpu_threads), splits.eval)
-    scores["int8"] = int8
-    if int8_within_budget(fp32["macro_f1"], int8["macro_f1"], cfg.int8_budget):
+    int8_all = score("int8", len(texts))
+    scores = {"fp32": metrics(fp32_check), "int8": metrics(int8_all[:check])}
+    if int8_within_budget(scores["fp32"]["macro_f1"], scores["int8"]["macro_f1"], cfg.int8_budget):
         fp32_path.unlink()
-        log.info("int8 kept: macro-F1 %.4f vs fp32 %.4f", int8["macro_f1"], fp32["macro_f1"])
-        return "int8", int8, scores
+        log.info(
+            "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts",
+            scores["int8"]["macro_f1"], scores["fp32"]["macro_f1"], check,
+        )  # fmt: skip
+        return "int8", metrics(int8_all), scores, int8_all
     log.warning(
         "int8 lost %.4f macro-F1 (budget %.4f); keeping the fp32 model instead",
-        fp32["macro_f1"] - int8["macro_f1"],
+        scores["fp32"]["macro_f1"] - scores["int8"]["macro_f1"],
         cfg.int8_budget,
     )
     fp32_path.replace(staging / ONNX_FILE)
-    return "fp32", fp32, scores
+    if check == len(texts):
+        return "fp32", scores["fp32"], scores, fp32_check
+    fp32_all = score("fp32", len(texts))
+    return "fp32", metrics(fp32_all), scores, fp32_all
 
 
-def run_fit(cfg: TrainConfig, progress: ProgressFn | None = None) -> ModelVersion:
-    """Train, export and register one version; returns it. Raises DataError on bad data."""
+@dataclass(frozen=True)
+class Fitted:
+    """A registered version, and its prediction per evaluation text (a gate reuses them)."""
+
+    version: ModelVersion
+    eval_predictions: list[int]
+
+
+# Where each phase starts, as a share of the whole fit (training is most of it).
+PHASES = {"train": 0.0, "export": 0.8, "evaluate": 0.84, "quantize": 0.9, "register": 0.97}
+Progress = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+def run_fit(
+    cfg: TrainConfig,
+    progress: Progress | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Fitted:
+    """Train, export and register one version; returns it. Raises DataError on bad data.
+
+    `progress(fraction, message)` hears every training step and each later phase;
+    `provenance` is added to the version's metadata (a retrain's mode and data revision).
+    """
+    report = progress or _no_progress
     started = time.time()
+    clock = PhaseClock()
     splits = make_splits(cfg)
     model, tokenizer = load_base(cfg, splits.train.label_names)
-    result = fine_tune(cfg, model, tokenizer, splits.train, splits.dev, progress)
+    clock.lap("load")
+    train_started = time.monotonic()
+
+    def on_step(step: int, total: int) -> None:
+        elapsed = time.monotonic() - train_started
+        eta = elapsed / step * (total - step)
+        report(
+            PHASES["export"] * step / total,
+            f"training step {step}/{total}, about {eta:.0f} s of training left",
+        )
+
+    result = fine_tune(cfg, model, tokenizer, splits.train, splits.dev, on_step=on_step)
+    clock.lap("train")
     final = merged_for_export(result.model)
 
     with tempfile.TemporaryDirectory(prefix="selftune-export-") as tmp:
         staging = Path(tmp)
+        report(PHASES["export"], "exporting to ONNX")
         write_onnx(final, tokenizer, staging)
+        final.save_pretrained(staging / HF_DIR)
+        tokenizer.save_pretrained(staging / HF_DIR)
+        write_trained_keys(staging / TRAINED_FILE, (*splits.train.texts, *splits.dev.texts))
         sample = list(splits.eval.texts[:PARITY_SAMPLES])
         parity = check_parity(
             torch_logits(final, tokenizer, sample, cfg.max_length),
@@ -137,7 +258,11 @@ def run_fit(cfg: TrainConfig, progress: ProgressFn | None = None) -> ModelVersio
             cfg.max_length,
             cfg.parity_atol,
         )
-        precision, evaluation, scores = choose_precision(staging, splits, cfg)
+        clock.lap("export")
+        precision, evaluation, scores, predicted = choose_precision(staging, splits, cfg, report)
+        write_eval_predictions(staging / EVAL_PREDICTIONS_FILE, splits.eval.texts, predicted)
+        clock.lap("quantize_and_evaluate")
+        report(PHASES["register"], "registering the version")
         metrics = {
             "evaluation": evaluation,
             "precision": precision,
@@ -158,6 +283,7 @@ def run_fit(cfg: TrainConfig, progress: ProgressFn | None = None) -> ModelVersio
                 "bf16": result.bf16,
             },
             "history": result.history,
+            "phases": clock.seconds,
         }
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         write_report(
@@ -185,8 +311,10 @@ def run_fit(cfg: TrainConfig, progress: ProgressFn | None = None) -> ModelVersio
                 "eval": len(splits.eval),
             },
             "eval_macro_f1": evaluation["macro_f1"],
+            "init_from": cfg.init_from and Path(cfg.init_from).name,
             "libraries": library_versions(),
             "wall_seconds": round(time.time() - started, 1),
+            **(provenance or {}),
         }
         version = register(cfg.name, staging, metadata)
     log.info(
@@ -196,4 +324,4 @@ def run_fit(cfg: TrainConfig, progress: ProgressFn | None = None) -> ModelVersio
         evaluation["macro_f1"],
         time.time() - started,
     )
-    return version
+    return Fitted(version, predicted)

@@ -82,6 +82,6 @@ def run_search(base: TrainConfig, trials: int, fit_best: bool, timeout: float | 
     best = study.best_trial
     log.info("best trial %d: dev macro-F1 %.4f %s", best.number, best.value, best.params)
     if fit_best:
-        version = run_fit(with_params(base, best.params))
+        version = run_fit(with_params(base, best.params)).version
         sys.stdout.write(version.tag + "\n")
     return 0

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from core.registry import HF_DIR
 from training.config import TrainConfig
 from training.data import LabeledData
 from training.evaluate import classification_metrics
@@ -50,7 +52,9 @@ PAD_MULTIPLE = 8
 LENGTH_GROUP_BATCHES = 50
 
 # Called after each evaluation with (step, total_steps, dev macro-F1).
-ProgressFn = Callable[[int, int, float], None]
+EvalFn = Callable[[int, int, float], None]
+# Called after every optimizer step with (step, total_steps).
+StepFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -88,22 +92,73 @@ def dropout_overrides(base_model: str, p: float) -> dict[str, float]:
 
 
 def load_base(cfg: TrainConfig, label_names: Sequence[str]) -> tuple[PreTrainedModel, Any]:
-    """The base encoder with a fresh classification head for `label_names`, and its tokenizer.
+    """The model to fine-tune, with a head for `label_names`, and its tokenizer.
 
-    Seeds first: the new head is initialised randomly, and must be the same every run.
+    From the base encoder with a fresh head, or (`init_from`) from a version's
+    fine-tuned weights, whose head keeps its rows and grows one per new label.
+    Seeds first: a new head is initialised randomly, and must be the same every run.
     """
     seed_everything(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+    source = warm_start_folder(cfg.init_from) if cfg.init_from else cfg.base_model
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    known: list[str] = list(label_names)
+    if cfg.init_from:
+        labels = AutoConfig.from_pretrained(source).id2label
+        known = [labels[i] for i in range(len(labels))]
+        if known != list(label_names[: len(known)]):
+            raise ValueError(
+                f"warm start from {cfg.init_from}: its labels {known} must come first, in "
+                f"order, in {list(label_names)}"
+            )
     model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.base_model,
-        **dropout_overrides(cfg.base_model, cfg.dropout),
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
+        source,
+        **dropout_overrides(source, cfg.dropout),
+        num_labels=len(known),
+        id2label=dict(enumerate(known)),
+        label2id={name: i for i, name in enumerate(known)},
         attn_implementation="eager",
-        ignore_mismatched_sizes=True,
+        ignore_mismatched_sizes=not cfg.init_from,
     )
+    if len(label_names) > len(known):
+        extend_head(model, label_names)
     return model, tokenizer
+
+
+def warm_start_folder(init_from: str) -> str:
+    """The Hugging Face folder inside a version folder, or `init_from` itself."""
+    folder = Path(init_from) / HF_DIR
+    return str(folder if folder.is_dir() else init_from)
+
+
+def extend_head(model: PreTrainedModel, label_names: Sequence[str]) -> None:
+    """Grow the classifier's output layer to `label_names`, keeping the rows it has.
+
+    New rows start from the mean of the old ones (a neutral guess), plus small
+    noise so the new classes can separate.
+    """
+    owner: Any = model.classifier
+    attr = "out_proj" if hasattr(owner, "out_proj") else None
+    layer = getattr(owner, attr) if attr else owner
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(
+            f"cannot extend the head of {type(model).__name__} with new labels; "
+            'retrain with "mode": "refit"'
+        )
+    old = layer.out_features
+    grown = nn.Linear(layer.in_features, len(label_names))
+    with torch.no_grad():
+        grown.weight[:old] = layer.weight
+        grown.bias[:old] = layer.bias
+        grown.weight[old:] = layer.weight.mean(0) + 0.02 * torch.randn_like(grown.weight[old:])
+        grown.bias[old:] = layer.bias.mean()
+    if attr:
+        setattr(owner, attr, grown)
+    else:
+        model.classifier = grown
+    model.config.num_labels = len(label_names)
+    setattr(model, "num_labels", len(label_names))  # noqa: B010  (typed as a Module attribute)
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
 
 def encode(
@@ -182,7 +237,8 @@ def fine_tune(
     tokenizer: PreTrainedTokenizerBase,
     train: LabeledData,
     dev: LabeledData,
-    progress: ProgressFn | None = None,
+    on_eval: EvalFn | None = None,
+    on_step: StepFn | None = None,
 ) -> TrainResult:
     """Train with AdamW + warmup/linear decay; early-stop on dev macro-F1, restore the best."""
     seed_everything(cfg.seed)
@@ -243,6 +299,8 @@ def fine_tune(
         running_n += len(rows)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{seen / train_time:.0f}")
+        if on_step is not None:
+            on_step(step, total_steps)
 
         if step % eval_every == 0 or step == total_steps:
             dev_logits = predict_logits(net, dev_ids, pad_id, use_bf16)
@@ -260,6 +318,8 @@ def fine_tune(
                 "dev_macro_f1": dev_f1,
             }
             result.history.append(point)
+            if on_eval is not None:
+                on_eval(step, total_steps, dev_f1)
             running_loss, running_n = 0.0, 0
             log.info(
                 "step=%d epoch=%.2f train_loss=%.4f dev_loss=%.4f dev_macro_f1=%.4f",
@@ -269,8 +329,6 @@ def fine_tune(
                 dev_loss,
                 dev_f1,
             )
-            if progress is not None:
-                progress(step, total_steps, dev_f1)
             if best_state is None or dev_f1 > result.best_dev_macro_f1:
                 result.best_dev_macro_f1, result.best_step, stale = dev_f1, step, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}

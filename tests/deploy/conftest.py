@@ -63,6 +63,19 @@ def rendered() -> dict[str, list[Manifest]]:
     return {target: render(target) for target in OVERLAYS + EXTRAS}
 
 
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def objs(overlay: str, rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    """What one deployment applies: the overlay, and for scaled its bootstrap Job."""
+    if overlay == "scaled":
+        return rendered["scaled"] + rendered["bootstrap"]
+    return rendered[overlay]
+
+
 @pytest.fixture(scope="session")
 def secret_template() -> Manifest:
     doc = yaml.safe_load((K8S / "secret.example.yaml").read_text())

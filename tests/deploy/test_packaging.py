@@ -83,11 +83,15 @@ def test_bento_requirements_are_the_serving_set_without_torch(bento: Path) -> No
     assert not leaked, f"the serving Bento pulls in training packages: {sorted(leaked)}"
 
 
-def test_bento_holds_the_service_code_and_nothing_else(bento: Path) -> None:
+SERVING_PACKAGES = ("service/", "core/", "store/")
+
+
+def test_bento_holds_the_serving_code_and_nothing_else(bento: Path) -> None:
     src = bento / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    assert "service/service.py" in files and "service/settings.py" in files
-    stray = {f for f in files if not f.startswith("service/") and f != "bentofile.yaml"}
+    assert "service/service.py" in files and "core/runtime.py" in files
+    assert "store/migrations/versions/0001_first_release.py" in files
+    stray = {f for f in files if not f.startswith(SERVING_PACKAGES) and f != "bentofile.yaml"}
     assert not stray, f"the Bento carries files serving does not need: {sorted(stray)}"
     assert not any("__pycache__" in f for f in files)
     info = yaml.safe_load((bento / "bento.yaml").read_text())
@@ -97,7 +101,7 @@ def test_bento_holds_the_service_code_and_nothing_else(bento: Path) -> None:
 def test_bento_service_imports_from_the_bento_alone_without_torch(bento: Path) -> None:
     """The packaged code is importable from the Bento with torch and training/ unimportable."""
     src = bento / "src"
-    blocked = sorted(training_only_packages() | {"torch", "training"})
+    blocked = sorted(training_only_packages() | {"torch", "training", "retrain"})
     code = f"""
 import importlib.abc, sys
 BLOCKED = {blocked!r}

@@ -11,7 +11,7 @@ import pytest
 from bentoml._internal.marshal import dispatcher
 
 from service.batching import NoWaitOptimizer
-from tests.service.conftest import Server, mixed_texts, scrape
+from tests.helpers import Server, mixed_texts, scrape
 
 CROWD = 96
 

@@ -20,12 +20,18 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from service.jobs import JobRunner, make_backend
-from service.k8s_backend import KubernetesBackend, KubernetesBackendError, KubernetesJob
+from service.k8s_backend import (
+    KubernetesBackend,
+    KubernetesBackendError,
+    KubernetesJob,
+    forwarded_settings,
+)
+from service.runner import JobRunner, make_backend
 from service.settings import Settings
-from service.store import Job, Store
+from store import Store, jobs
+from store.jobs import Job, JobState
 from tests.deploy.conftest import Manifest, render
-from tests.deploy.test_manifests import build_retrain_job
+from tests.deploy.manifests import build_retrain_job
 from tests.fake_k8s import FakeKubernetes, fake_kubernetes, write_kubeconfig
 
 NAMESPACE = "selftune"
@@ -58,6 +64,7 @@ def settings() -> Settings:
         pod_namespace=NAMESPACE,
         retrain_pod_template=TEMPLATE,
         retrain_timeout_s=TIMEOUT_S,
+        gate_tolerance=0.05,
     )
 
 
@@ -71,7 +78,7 @@ def a_job(job_id: str | None = None) -> Job:
     return Job(
         id=job_id or uuid.uuid4().hex,
         model_name="text-classifier",
-        state="running",
+        state=JobState.RUNNING,
         params={},
         progress=0.0,
         message=None,
@@ -79,6 +86,8 @@ def a_job(job_id: str | None = None) -> Job:
         metrics=None,
         decision=None,
         error=None,
+        mode=None,
+        summary=None,
         created_at=datetime.now(UTC),
         started_at=datetime.now(UTC),
         finished_at=None,
@@ -108,14 +117,17 @@ def test_launch_creates_the_documented_job(fake: FakeKubernetes, podtemplate: Ma
     assert pod["restartPolicy"] == "Never"
     [container] = pod["containers"]
     assert container["command"] == [
-        "python", "-m", "training", "retrain", "--job-id", "$(JOB_ID)",
+        "python", "-m", "retrain", "run", "--job-id", "$(JOB_ID)",
     ]  # fmt: skip
     env = {e["name"]: e for e in container["env"]}
     assert env["JOB_ID"] == {"name": "JOB_ID", "value": job.id}
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "selftune-secrets"
     # Exactly the shape the manifests' own test documents (and validates for 1.33 and 1.37).
     [post] = [r for r in fake.requests if r.method == "POST"]
-    assert post.body == build_retrain_job(podtemplate, job.id, timeout_s=TIMEOUT_S)
+    assert post.body == build_retrain_job(
+        podtemplate, job.id, timeout_s=TIMEOUT_S, settings_env=forwarded_settings(settings())
+    )
+    assert env["GATE_TOLERANCE"] == {"name": "GATE_TOLERANCE", "value": "0.05"}
 
 
 def test_launching_a_job_that_exists_adopts_it(fake: FakeKubernetes) -> None:
@@ -261,12 +273,14 @@ def launched_by_runner(
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url, "x")))
     store = Store(f"sqlite:///{tmp_path}/s.db")
     runner = JobRunner(store, make_backend(settings()), settings())
-    job = store.create_job("text-classifier", {})
+    with store.transaction() as tx:
+        job = jobs.create(tx, "text-classifier", {})
     name = f"selftune-retrain-{job.id}"
     poll = threading.Thread(target=runner.poll_once, daemon=True)
     poll.start()
     wait_for(lambda: fake.job(NAMESPACE, name) is not None)
-    current = store.get_job(job.id)
+    with store.transaction() as tx:
+        current = jobs.get(tx, job.id)
     assert current is not None and current.state == "running"
     fake.set_job_active(NAMESPACE, name)
     return Launched(store, runner, job, name, poll)
@@ -286,7 +300,8 @@ def test_the_job_runner_fails_a_job_whose_kubernetes_job_failed(
     run.poll.join(timeout=15)
 
     assert not run.poll.is_alive()
-    finished = run.store.get_job(run.job.id)
+    with run.store.transaction() as tx:
+        finished = jobs.get(tx, run.job.id)
     assert finished is not None
     assert finished.state == "failed"
     assert finished.error is not None
@@ -304,7 +319,8 @@ def test_a_stopping_replica_leaves_its_kubernetes_job_training(
 
     assert not run.poll.is_alive()
     assert fake.job(NAMESPACE, run.name) is not None  # still there, still training
-    left = run.store.get_job(run.job.id)
-    assert left is not None and left.state == "running"
-    # the Job's pod finishes the record itself (training/retrain.py does exactly this)
-    assert run.store.finish_job(run.job.id, "succeeded", decision="promoted")
+    with run.store.transaction() as tx:
+        left = jobs.get(tx, run.job.id)
+        assert left is not None and left.state == "running"
+        # the Job's pod finishes the record itself (retrain/job.py does exactly this)
+        assert jobs.finish(tx, run.job.id, JobState.SUCCEEDED, decision="promoted")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.service.conftest import LIMITS, Server
+from tests.helpers import LIMITS, Server
 
 MAX_TEXTS = int(LIMITS["MAX_TEXTS_PER_REQUEST"])
 MAX_CHARS = int(LIMITS["MAX_TEXT_CHARS"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.service.conftest import mixed_texts, scrape
+from tests.helpers import mixed_texts, scrape
 
 
 def delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
@@ -32,17 +32,14 @@ def test_prediction_metrics_count_every_text(client: httpx.Client) -> None:
     assert delta(before, after, "selftune_inference_batch_seconds_sum") > 0
 
 
-def test_token_metrics_show_real_and_padded_tokens(client: httpx.Client) -> None:
+def test_token_metric_counts_the_tokens_the_model_ran_on(client: httpx.Client) -> None:
     before = scrape(client)
 
     client.post("/predict", json={"texts": ["it was great", "the food was awful and so sad"]})
     after = scrape(client)
 
-    real = delta(before, after, 'selftune_inference_batch_tokens_sum{kind="real"}')
-    padded = delta(before, after, 'selftune_inference_batch_tokens_sum{kind="padded"}')
     # [CLS] + 3 words + [SEP], and [CLS] + 7 words + [SEP]: nothing is padded.
-    assert real == 5 + 9
-    assert padded == real
+    assert delta(before, after, "selftune_inference_batch_tokens_sum") == 5 + 9
 
 
 def test_active_model_version_is_exported(client: httpx.Client, tiny_version: str) -> None:
@@ -52,12 +49,3 @@ def test_active_model_version_is_exported(client: httpx.Client, tiny_version: st
 
     key = f'selftune_model_version_info{{model_name="{name}",version="{version}"}}'
     assert samples[key] == 1.0
-
-
-def test_bentoml_builtin_series_are_still_there(client: httpx.Client) -> None:
-    client.post("/predict", json={"texts": ["fine"]})
-
-    names = set(scrape(client))
-
-    assert any(n.startswith("bentoml_service_request_total") for n in names)
-    assert any(n.startswith("bentoml_service_adaptive_batch_size") for n in names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.service.conftest import mixed_texts
+from tests.helpers import mixed_texts
 
 
 def test_one_text_gets_one_answer_with_label_scores_and_version(

@@ -1,6 +1,6 @@
 """A server with no model starts, says how to get one, and picks one up live.
 
-It also exercises the hot-swap mechanism (shared/DESIGN.md #5): the first
+It also exercises the hot-swap mechanism (docs/DESIGN.md #5): the first
 version registered is adopted; a newer one replaces it in every worker, without
 a failed request, once the active-version record names it, and the answers say
 which version scored them.
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from service import registry
+from core import registry
 from service.model_holder import active_version_resolver
 from service.settings import Settings
-from service.store import open_store
-from tests.service.conftest import bentoml_serve
+from store import open_store, versions
+from tests.helpers import bentoml_serve
 
 STREAK = 20
 
@@ -68,7 +68,8 @@ def test_no_model_means_not_ready_then_new_versions_are_served(
         second = copy_version(tiny_version, name)
         assert not serving(client, second, unready_ok=False, timeout_s=3)
         store = open_store(Settings().resolved_database_url)  # the server's database
-        store.activate(name, f"{name}:{second}", "test")
+        with store.transaction() as tx:
+            versions.activate(tx, name, f"{name}:{second}", "test")
         assert serving(client, second, unready_ok=False)
 
 

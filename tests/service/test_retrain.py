@@ -6,91 +6,31 @@ tests can promote and roll back without touching what the other tests serve.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from service.store import Store
-from tests.conftest import fit_tiny
-from tests.service.conftest import bentoml_serve, scrape, wait_until
-
-TOKEN = "test-admin-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# No overrides: a job reruns the active version's recipe (the one fit_tiny used).
-WINNING: dict[str, float] = {}
-LOSING = {"epochs": 0.2, "lr": 1e-7}
-# The tiny models score 0.9-1.0 on ~40 held-out texts, where one text moves macro-F1
-# by several points; the tolerance absorbs that noise, and a candidate that learned
-# nothing (LOSING: ~0.2-0.4) still loses clearly. The gate rule itself is
-# unit-tested in tests/training/test_retrain_gate.py.
-GATE_TOLERANCE = "0.2"
-
-
-def read_examples(path: Path) -> list[dict[str, str]]:
-    with path.open() as f:
-        return [{"text": r["text"], "label": r["label"]} for r in csv.DictReader(f)]
-
-
-def wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}", headers=AUTH).json()
-        if job["state"] in ("succeeded", "rejected", "failed"):
-            return job
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
-
-
-def served_version(client: httpx.Client) -> str:
-    response = client.post("/predict", json={"texts": ["the food was great"]})
-    assert response.status_code == 200, response.text
-    version: str = response.json()[0]["model_version"]
-    return version
-
-
-def wait_for_version(client: httpx.Client, version: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while served_version(client) != version:
-        assert time.monotonic() < deadline, f"{version} not served within {timeout_s} s"
-        time.sleep(0.2)
-
-
-class Retrainer:
-    """A server with admin enabled, its own model, and its own database."""
-
-    def __init__(
-        self, root: Path, name: str, base: Path, data: Path, extra: dict[str, str]
-    ) -> None:
-        self.name = name
-        self.state = root / "state"
-        self.log = root / "bentoml.log"
-        self.env = {
-            "ADMIN_TOKEN": TOKEN,
-            "STATE_DIR": str(self.state),
-            "JOB_STALE_SECONDS": "5",
-            "RETRAIN_THREADS": "1",
-            "MAX_ADMIN_BODY_BYTES": "65536",
-            # The first tiny version saw most evaluation texts in training (a stratified
-            # split) and scores ~1.0 on them; a fair candidate may tie a hair below.
-            "GATE_TOLERANCE": GATE_TOLERANCE,
-            **extra,
-        }
-        # The hash split, as `make serve` trains the first model: the active version's
-        # evaluation texts are then held out from it as well as from every candidate.
-        self.first = fit_tiny(base, data, name, "--split", "hash")
-
-    def serve(self) -> Any:
-        return bentoml_serve(self.name, self.log, self.env)
+from store import Store
+from store.examples import count
+from tests.helpers import (
+    AUTH,
+    GATE_TOLERANCE,
+    LOSING,
+    TOKEN,
+    WINNING,
+    Retrainer,
+    kill_tree,
+    read_examples,
+    scrape,
+    served_version,
+    wait_for_job,
+    wait_for_version,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +93,19 @@ def test_bad_rows_are_refused_row_by_row_and_nothing_is_stored(admin: httpx.Clie
         headers=AUTH,
         json={"examples": [{"text": "good great day", "label": "negative"}]},
     )
-    assert conflict.status_code == 422 and "already stored with label 'positive'" in conflict.text
+    assert conflict.status_code == 409 and "with label 'positive'" in conflict.text
     after = admin.post(
         "/examples",
         headers=AUTH,
         json={"examples": [{"text": "good great day", "label": "positive"}]},
     )
-    assert after.json() == {"accepted": 0, "duplicates": 1, "total": total}
+    assert after.json() | {"revision": 0} == {
+        "accepted": 0,
+        "relabeled": 0,
+        "duplicates": 1,
+        "total": total,
+        "revision": 0,
+    }
 
 
 def test_malformed_and_oversize_admin_bodies_are_4xx(admin: httpx.Client) -> None:
@@ -269,11 +215,11 @@ def test_a_killed_server_leaves_no_stuck_job_and_loses_no_example(
     tiny_base_model: Path, sentiment_csv: Path, tmp_path: Path
 ) -> None:
     killed = Retrainer(tmp_path, "tiny-crash", tiny_base_model, sentiment_csv, {})
-    examples = read_examples(sentiment_csv)
+    rows = read_examples(sentiment_csv)
     with killed.serve() as server:
         wait_until(f"{server.url}/readyz", 200)
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            accepted = http.post("/examples", headers=AUTH, json={"examples": examples})
+            accepted = http.post("/examples", headers=AUTH, json={"examples": rows})
             assert accepted.status_code == 200
             job_id = http.post("/retrain", headers=AUTH, json={"epochs": 20}).json()["job_id"]
             deadline = time.monotonic() + 60
@@ -287,22 +233,5 @@ def test_a_killed_server_leaves_no_stuck_job_and_loses_no_example(
             job = wait_for_job(http, job_id, timeout_s=60)
             assert job["state"] == "failed" and "submit POST /retrain again" in job["error"]
             assert served_version(http) == killed.first.split(":")[1]
-    store = Store(f"sqlite:///{killed.state / 'service.db'}")
-    assert store.count_examples() == len(examples)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant at once, as when a pod or machine dies.
-
-    BentoML's workers sit in process groups of their own, so killing the
-    server's group alone would leave them running.
-    """
-    pids = [pid]
-    for parent in pids:  # grows while we walk it: a breadth-first walk of the tree
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True
-        ).stdout.split()
-        pids.extend(int(c) for c in children)
-    for victim in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
+    with Store(f"sqlite:///{killed.state / 'service.db'}").transaction() as tx:
+        assert count(tx) == len(rows)

@@ -12,16 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import fit_tiny
-from tests.service.conftest import bentoml_serve, wait_until
-from tests.service.test_retrain import (
+from tests.helpers import (
     AUTH,
     GATE_TOLERANCE,
     TOKEN,
     WINNING,
+    bentoml_serve,
+    fit_tiny,
     read_examples,
     wait_for_job,
     wait_for_version,
+    wait_until,
 )
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.data import DataError, hash_split, in_hash_eval, load, stratified_split
+from core.text import in_eval_split
+from training.data import DataError, hash_split, load, stratified_split
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -112,7 +113,7 @@ def test_hash_split_is_stable_and_disjoint(sentiment_csv: Path) -> None:
     assert len(train) + len(held) == len(data)
     assert 0.1 < len(held) / len(data) < 0.3
     # Membership depends on the text alone: a text is evaluation data in every future split.
-    assert all(in_hash_eval(t, 0.2) for t in held.texts)
+    assert all(in_eval_split(t, 0.2) for t in held.texts)
 
 
 def test_stratified_split_keeps_every_label_on_both_sides(sentiment_csv: Path) -> None:

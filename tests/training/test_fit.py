@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from service.registry import ONNX_FILE, REPORT_FILE, get, list_versions
-from tests.conftest import fit_tiny, run_training_cli
-from training.data import in_hash_eval, load
+from core.registry import ONNX_FILE, REPORT_FILE, get, list_versions
+from core.text import in_eval_split
+from tests.helpers import fit_tiny, run_training_cli
+from training.data import load
 from training.pipeline import int8_within_budget
 
 
@@ -115,7 +116,7 @@ def test_hash_split_keeps_hash_eval_texts_out_of_training(
     tag = fit_tiny(tiny_base_model, sentiment_csv, "tiny-hash", "--split", "hash", "--epochs", "1")
     version = get(tag)
     data = load(sentiment_csv)
-    expected_eval = sum(in_hash_eval(t, 0.1) for t in data.texts)
+    expected_eval = sum(in_eval_split(t, 0.1) for t in data.texts)
     assert version.metadata["examples"]["eval"] == expected_eval
     assert version.metadata["config"]["split"] == "hash"
 

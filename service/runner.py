@@ -5,7 +5,7 @@ Every serving worker runs a `JobRunner` thread. Each poll it
    a lost pod), so a job is never stuck in "running";
 2. tries to claim the oldest queued job; the database lets exactly one
    worker in the whole deployment win (see `Store.claim_next_job`);
-3. if it won, launches `python -m training retrain --job-id ID` through the
+3. if it won, launches `python -m retrain run --job-id ID` through the
    configured backend and heartbeats while it runs, killing it at the time limit.
 
 The training process records its own progress, result and promotion in the
@@ -21,15 +21,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from core.periodic import Periodic
 from service.settings import Settings
-from service.store import HEARTBEAT_SECONDS, Job, Store
+from store import Store, jobs
+from store.jobs import HEARTBEAT_SECONDS, Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class LocalBackend:
     """Training as a niced, thread-capped child process of the serving worker.
 
     The thread cap and nice level keep predict latency while a retrain runs
-    (shared/DESIGN.md #2); the child dies with its parent, so a killed server
+    (docs/DESIGN.md #2); the child dies with its parent, so a killed server
     leaves no orphan training behind.
     """
 
@@ -99,12 +100,15 @@ class LocalBackend:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{job.id}.log"
         threads = str(self.settings.retrain_threads)
-        env = os.environ | {
-            "DATABASE_URL": self.settings.resolved_database_url,
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "TOKENIZERS_PARALLELISM": "false",
-        }
+        env = (
+            os.environ
+            | self.settings.retrain_env()
+            | {
+                "OMP_NUM_THREADS": threads,
+                "MKL_NUM_THREADS": threads,
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
         nice = self.settings.retrain_nice
 
         def prepare() -> None:
@@ -113,7 +117,7 @@ class LocalBackend:
 
         with log_path.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "training", "retrain", "--job-id", job.id],
+                [sys.executable, "-m", "retrain", "run", "--job-id", job.id],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -139,39 +143,36 @@ class JobRunner:
         self.backend = backend
         self.settings = settings
         self.stale_after = timedelta(seconds=settings.job_stale_seconds)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("job-runner", settings.model_poll_seconds, self.poll_once)
         self.on_finished = on_finished
         self.on_poll = on_poll
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.model_poll_seconds):
-            try:
-                self.poll_once()
-            except Exception:
-                log.exception("job runner poll failed; retrying")
+        self._loop.stop()
 
     def poll_once(self) -> Job | None:
         """Reap dead jobs, then claim and run one queued job; returns the job it ran."""
         if self.on_poll is not None:
             self.on_poll()
-        for job_id in self.store.fail_stale_jobs(self.stale_after):
+        for job_id in jobs.fail_stale(self.store, self.stale_after):
             log.warning("job=%s failed: its process stopped heartbeating", job_id)
             self._finished(job_id)
-        job = self.store.claim_next_job()
+        job = jobs.claim_next(self.store)
         if job is None:
             return None
         self.watch(job)
-        return self.store.get_job(job.id)
+        return self._get(job.id)
+
+    def _get(self, job_id: str) -> Job | None:
+        with self.store.transaction() as tx:
+            return jobs.get(tx, job_id)
+
+    def _fail(self, job_id: str, error: str) -> bool:
+        with self.store.transaction() as tx:
+            return jobs.finish(tx, job_id, JobState.FAILED, error=error)
 
     def watch(self, job: Job) -> None:
         started = time.monotonic()
@@ -179,20 +180,19 @@ class JobRunner:
             running = self.backend.launch(job)
         except Exception as exc:
             log.exception("job=%s could not be started", job.id)
-            self.store.finish_job(job.id, "failed", error=f"could not start training: {exc}")
+            self._fail(job.id, f"could not start training: {exc}")
             self._finished(job.id)
             return
         while (code := running.exit_code()) is None:
             if time.monotonic() - started > self.settings.retrain_timeout_s:
                 running.kill()
-                self.store.finish_job(
+                self._fail(
                     job.id,
-                    "failed",
-                    error=f"timed out after {self.settings.retrain_timeout_s} s "
+                    f"timed out after {self.settings.retrain_timeout_s} s "
                     "(RETRAIN_TIMEOUT_S); the active version is unchanged",
                 )
                 break
-            if self._stop.wait(HEARTBEAT_SECONDS):
+            if self._loop.wait(HEARTBEAT_SECONDS):
                 if self.backend.jobs_outlive_runner:
                     # This replica is going (scale-down, rolling update); the Job trains
                     # on, heartbeats and finishes its record itself, or is reaped as
@@ -201,20 +201,19 @@ class JobRunner:
                 else:
                     running.kill()  # the child dies with us; the job is reaped as stale
                 return
-            # The training process beats too (Store.heartbeats), but only once it is
-            # running: these cover its start-up and a Kubernetes pod still Pending.
-            self.store.heartbeat(job.id)
+            # The training process beats too (store.jobs.heartbeats), but only once it
+            # runs: these cover its start-up and a Kubernetes pod still Pending.
+            with self.store.transaction() as tx:
+                jobs.heartbeat(tx, job.id)
         else:
-            if self.store.finish_job(
-                job.id,
-                "failed",
-                error=f"training exited with code {code} without a result: {running.log_tail()}",
+            if self._fail(
+                job.id, f"training exited with code {code} without a result: {running.log_tail()}"
             ):
                 log.error("job=%s training exited with code %s", job.id, code)
         self._finished(job.id)
 
     def _finished(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
+        job = self._get(job_id)
         if job is None:
             return
         log.info("job=%s finished state=%s decision=%s", job.id, job.state, job.decision)

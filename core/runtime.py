@@ -1,26 +1,9 @@
 """Scoring text with an exported version: `tokenizers` + ONNX Runtime, no torch.
 
-The one non-obvious part is that every text runs through the model on its own,
-at its exact token length, even when a batch of hundreds arrives. Two
-measurements on the 2-core target decided this (shared/MACHINE_NOTES.md and
-bench/SERVING.md):
-
-* Padding to the longest text made a batch of 64 tweets run rows of ~60 tokens
-  for a real mean of ~33, so batching lost to batch size 1. With no padding at
-  all a batch costs exactly the sum of its texts, so it can never lose.
-* The int8 models are dynamically quantized: each MatMul's activation scale is
-  taken from the min/max of the *whole* input tensor, padding included. Rows
-  that share a run therefore change each other's scores (up to 4e-3 in
-  probability, flipping labels near a boundary). One text per run makes a
-  text's answer independent of whatever it was batched with.
-
-The price: grouping texts of equal length into one unpadded run measured up
-to ~15% faster in-process on MiniLM int8, but brings the cross-talk back; we
-take exact answers. Adaptive batching still pays off above this layer: one
-thread hop, one `encode_batch` and one metrics update per batch instead of per
-request. Memory stays flat although ORT sees every sequence length from 2 to
-max_length, because the CPU memory arena, which otherwise grows with each new
-shape (onnxruntime#11627), is disabled.
+Every text runs through the model on its own, at its exact length: dynamically
+quantized int8 takes activation scales from the whole input tensor, so texts
+sharing a run would change each other's scores. The CPU arena is off so memory
+stays flat across sequence lengths (onnxruntime#11627). docs/DESIGN.md has the numbers.
 """
 
 from __future__ import annotations
@@ -34,7 +17,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from service.registry import ONNX_FILE, TOKENIZER_FILE
+from core.registry import ONNX_FILE, TOKENIZER_FILE
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -64,15 +47,10 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 @dataclass(frozen=True)
 class Scored:
-    """Probabilities for a batch, plus the tokens it held and the tokens the model ran on.
-
-    The two token counts are equal while texts run unpadded; the metrics keep
-    both so that any future padding shows up as a gap on the dashboard.
-    """
+    """Probabilities for a batch, and the tokens it held (the model runs on exactly those)."""
 
     probabilities: npt.NDArray[np.float32]
-    real_tokens: int
-    padded_tokens: int
+    tokens: int
 
 
 class Classifier:
@@ -97,17 +75,16 @@ class Classifier:
 
     def score(self, texts: Sequence[str]) -> Scored:
         """Class probabilities, one row per text, in input order."""
-        logits, real, padded = self._run(texts)
-        return Scored(softmax(logits), real, padded)
+        logits, tokens = self._run(texts)
+        return Scored(softmax(logits), tokens)
 
-    def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int, int]:
+    def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int]:
         if not texts:
             raise ValueError("scoring needs at least one text")
         encodings = self.tokenizer.encode_batch(list(texts))
         rows = [self._run_one(encoding.ids) for encoding in encodings]
         tokens = sum(len(encoding.ids) for encoding in encodings)
-        # Nothing is padded: the model runs on exactly the real tokens.
-        return np.concatenate(rows).astype(np.float32, copy=False), tokens, tokens
+        return np.concatenate(rows).astype(np.float32, copy=False), tokens
 
     def _run_one(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """Logits for one tokenized text, shape (1, labels)."""
@@ -121,3 +98,11 @@ class Classifier:
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Class probabilities, one row per text, in input order."""
         return self.score(texts).probabilities
+
+    def predict_indices(self, texts: Sequence[str], chunk: int = 256) -> list[int]:
+        """The most probable label index per text, scored `chunk` texts at a time."""
+        winners: list[int] = []
+        for start in range(0, len(texts), chunk):
+            probs = self.predict_proba(texts[start : start + chunk])
+            winners.extend(int(i) for i in probs.argmax(axis=1))
+        return winners

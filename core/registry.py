@@ -4,11 +4,8 @@ A version is an immutable folder written once by training (`register`) and read
 by every serving worker (`get`, `list_versions`). BentoML writes it to a
 temporary folder and moves it into place, so a reader never sees half a model.
 Which version is *active* is not stored here: that is a separate, atomically
-updated record (see `service.store`), so that promotion and rollback never
-touch artifacts (shared/DESIGN.md #4).
-
-Only `bentoml`, the standard library and JSON are used here, so that the
-serving path stays free of torch.
+updated record in the store, so that promotion and rollback never touch
+artifacts. Only `bentoml`, the standard library and JSON: no torch.
 """
 
 from __future__ import annotations
@@ -22,13 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import NotFound
+import numpy as np
+from bentoml.exceptions import BentoMLException, NotFound
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.json"
 METADATA_FILE = "metadata.json"
 REPORT_FILE = "report.png"
+# The fine-tuned weights as a Hugging Face folder (safetensors): what a later
+# incremental retrain warm-starts from. Never loaded by serving.
+HF_DIR = "hf"
+# 8-byte prefixes of sha256(text) of every text the version trained on (uint64,
+# native order): the gate scores a version only on texts it never saw.
+TRAINED_FILE = "trained-texts.u64"
+# Its prediction (label index) for each evaluation text it was scored on, by text key:
+# a later gate reuses them instead of scoring this version again.
+EVAL_PREDICTIONS_FILE = "eval-predictions.npz"
 # Written after BentoML has copied every file into the store: BentoML copies a
 # temporary folder into place file by file, so without it a reader on a shared
 # volume could load a version whose model.onnx is still being written.
@@ -60,12 +67,24 @@ class ModelVersion:
         return self.tag.split(":", 1)[1]
 
     @property
-    def onnx_path(self) -> Path:
-        return self.path / ONNX_FILE
+    def warm_startable(self) -> bool:
+        """True if the version keeps its fine-tuned weights (HF_DIR) to warm-start from."""
+        return (self.path / HF_DIR / "config.json").exists()
 
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER_FILE
+    def trained_keys(self) -> set[int] | None:
+        """`core.text.text_key` of every text this version trained on; None if not recorded."""
+        path = self.path / TRAINED_FILE
+        if not path.exists():
+            return None
+        return {int(k) for k in np.fromfile(path, dtype=np.uint64)}
+
+    def eval_predictions(self) -> dict[int, int]:
+        """Text key → predicted label index, for the texts it was evaluated on (may be empty)."""
+        path = self.path / EVAL_PREDICTIONS_FILE
+        if not path.exists():
+            return {}
+        with np.load(path) as saved:
+            return dict(zip(saved["keys"].tolist(), saved["predictions"].tolist(), strict=True))
 
     def metrics(self) -> dict[str, Any]:
         """The evaluation report written at training time (metrics.json)."""
@@ -92,7 +111,9 @@ def register(name: str, staging_dir: Path, metadata: Mapping[str, Any]) -> Model
     ) as model:
         dest = Path(model.path)
         for item in staging_dir.iterdir():
-            if item.is_file():
+            if item.is_dir():
+                shutil.copytree(item, dest / item.name)
+            elif item.is_file():
                 shutil.copy2(item, dest / item.name)
         (dest / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         tag = str(model.tag)
@@ -122,6 +143,8 @@ def get(tag: str) -> ModelVersion:
         return _from_model(bentoml.models.get(tag))
     except NotFound as exc:
         raise VersionNotFoundError(f"model version {tag!r} is not in the model store") from exc
+    except BentoMLException as exc:  # an invalid tag: BentoML says "Invalid Tag ..."
+        raise VersionNotFoundError(f"{tag!r} is not a valid version name ({exc})") from exc
 
 
 def list_versions(name: str) -> list[ModelVersion]:

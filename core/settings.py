@@ -1,0 +1,84 @@
+"""Settings both halves read: where the state lives, and how a retrain behaves.
+
+The service's `Settings` extends these; the retrain job reads only these, and
+the service forwards each one it has to the retrain process or Kubernetes Job
+(`retrain_env`), so one environment configures both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StateSettings(BaseSettings):
+    # hide_input_in_errors: a refused value (a token, a URL with a password) is never printed.
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", protected_namespaces=(), hide_input_in_errors=True
+    )
+
+    state_dir: Path = Field(
+        Path("var"),
+        description="Where the SQLite database and job logs live when DATABASE_URL is unset.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the example/job/version store; empty: SQLite in STATE_DIR.",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir.resolve() / 'service.db'}"
+
+
+class RetrainSettings(StateSettings):
+    """How a retrain job trains and decides; environment variables in upper case."""
+
+    model_name: str = Field(
+        "text-classifier",
+        description="Name of the model in the BentoML store whose active version is served.",
+    )
+    retrain_threads: int = Field(1, ge=1, description="CPU threads a retrain may use.")
+    gate_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A candidate is promoted if its macro-F1 >= active - this, on all "
+        "evaluation texts and on the old slice alone.",
+    )
+    gate_min_eval: int = Field(
+        30,
+        ge=1,
+        description="Fewest evaluation texts a gate decides on; fewer: the job is rejected "
+        "(unless no model is active).",
+    )
+    replay_ratio: float = Field(
+        4.0, ge=0, description="Incremental: old examples replayed per new training example."
+    )
+    replay_min: int = Field(500, ge=0, description="Incremental: replay at least this many.")
+    replay_max: int = Field(4000, ge=0, description="Incremental: replay at most this many.")
+    incremental_epochs: float = Field(
+        2.0, gt=0, le=20, description="Incremental: passes over new + replayed examples."
+    )
+    refit_epochs: float = Field(
+        1.0, gt=0, le=20, description="Refit: passes over all training examples (early-stopped)."
+    )
+    refit_share: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="auto: refit when the new data is more than this share of the store.",
+    )
+    refit_every: int = Field(
+        10, ge=1, description="auto: refit after this many incremental versions in a row."
+    )
+
+    def retrain_env(self) -> dict[str, str]:
+        """These settings as environment variables, for the process or Job that retrains."""
+        fields = RetrainSettings.model_fields
+        env = {name.upper(): str(getattr(self, name)) for name in fields if name != "state_dir"}
+        env["STATE_DIR"] = str(self.state_dir)
+        env["DATABASE_URL"] = self.resolved_database_url
+        return env

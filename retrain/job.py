@@ -1,0 +1,221 @@
+"""One retrain job, start to decision: snapshot → plan → fit → gate → promote.
+
+Runs in its own process (`python -m retrain run --job-id ID`, started by a
+serving worker or as a Kubernetes Job pod), never inside the service. The
+decision and the promotion are one transaction, and happen only while the job
+is still ours and the active version is still the one the candidate was
+compared with (compare-and-swap): a rollback made meanwhile wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import registry
+from core.settings import RetrainSettings
+from core.text import text_key
+from retrain.gate import Decision, active_predictions, decide
+from retrain.plan import Plan, PlanError, Row, make_plan
+from store import Store, examples, jobs, versions
+from store.jobs import Job, JobState
+from store.versions import ActiveChangedError, VersionStatus
+from training import data as datamod
+from training.config import TrainConfig, default_base_model
+from training.evaluate import classification_metrics
+from training.pipeline import run_fit
+
+log = logging.getLogger(__name__)
+
+# The fit is this share of a job's progress; the gate and promotion are the rest.
+FIT_SHARE = 0.95
+REPORT_EVERY_S = 1.0
+# What describes the active version's own run rather than how to train: not inherited.
+NOT_INHERITED = (
+    "data", "eval_data", "dev_data", "init_from", "name", "split", "parent", "threads",
+    "base_model", "epochs", "text_column", "label_column",
+)  # fmt: skip
+
+
+class Reporter:
+    """Progress into the job record, at most once a second (each write is a transaction)."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self._last = 0.0
+        self.phases: dict[str, float] = {}
+        self._phase_start = time.monotonic()
+
+    def __call__(self, fraction: float, message: str, force: bool = False, **fields: Any) -> None:
+        now = time.monotonic()
+        if force or fields or now - self._last >= REPORT_EVERY_S:
+            self._last = now
+            with self.store.transaction() as tx:
+                jobs.report(tx, self.job_id, min(fraction, 1.0), message, **fields)
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases[phase] = round(now - self._phase_start, 2)
+        self._phase_start = now
+
+
+def build_config(
+    job: Job, plan: Plan, files: dict[str, Path], active: registry.ModelVersion | None,
+    settings: RetrainSettings,
+) -> TrainConfig:  # fmt: skip
+    """The active version's training recipe, the request's overrides on top, this plan's data."""
+    recipe: dict[str, Any] = dict(active.metadata.get("config", {})) if active else {}
+    for key in NOT_INHERITED:
+        recipe.pop(key, None)
+    incremental = plan.mode == "incremental"
+    base_model = active.metadata.get("base_model") if active else None
+    run = {
+        "data": files["train"],
+        "eval_data": files["eval"],
+        "dev_data": files.get("dev"),
+        "name": job.model_name,
+        "base_model": base_model or default_base_model(),
+        "init_from": str(active.path) if incremental and active else None,
+        "epochs": settings.incremental_epochs if incremental else settings.refit_epochs,
+        "parent": active.tag if active else None,
+        "threads": settings.retrain_threads,
+    }
+    if incremental:
+        run["evals_per_epoch"] = 1  # only to keep the best epoch: evaluations cost steps
+    return TrainConfig(**recipe | run | job.params.get("training", {}))
+
+
+def _write(folder: Path, plan: Plan) -> dict[str, Path]:
+    files = {"train": folder / "train.csv", "eval": folder / "eval.csv"}
+    datamod.write_csv(files["train"], ((r.text, r.label) for r in plan.train))
+    datamod.write_csv(files["eval"], ((r.text, r.label) for r in plan.eval))
+    if plan.dev:
+        files["dev"] = folder / "dev.csv"
+        datamod.write_csv(files["dev"], ((r.text, r.label) for r in plan.dev))
+    return files
+
+
+def _gate(
+    plan: Plan,
+    labels: tuple[str, ...],
+    candidate_predictions: list[int],
+    active: registry.ModelVersion | None,
+    settings: RetrainSettings,
+) -> tuple[Decision, dict[str, Any]]:
+    """Score the active version on the candidate's evaluation texts it never trained on.
+
+    Returns the decision and both models' metrics on exactly the texts it compared.
+    """
+    seen = active.trained_keys() if active else None
+    keep = [i for i, r in enumerate(plan.eval) if seen is None or text_key(r.text) not in seen]
+    rows: list[Row] = [plan.eval[i] for i in keep]
+    index = {name: i for i, name in enumerate(labels)}
+    y = np.array([index[r.label] for r in rows], dtype=np.int64)
+    cand = np.array([candidate_predictions[i] for i in keep], dtype=np.int64)
+    new = np.array([r.new for r in rows], dtype=bool)
+    act = (
+        active_predictions(active, [r.text for r in rows], labels, settings.retrain_threads)
+        if active and rows
+        else None
+    )
+    decision = decide(y, cand, act, new, len(labels), settings)
+    decision.record["excluded_seen_by_active"] = len(plan.eval) - len(keep)
+    metrics = {
+        "candidate": classification_metrics(y.tolist(), cand.tolist(), labels),
+        "active": classification_metrics(y.tolist(), act.tolist(), labels)
+        if act is not None
+        else None,
+        "gate": decision.record,
+    }
+    return decision, metrics
+
+
+def run_job(job_id: str, store: Store, settings: RetrainSettings) -> JobState:
+    """Run one claimed job to its final state; returns that state."""
+    with store.transaction() as tx:
+        job = jobs.get(tx, job_id)
+        if job is None or job.state != JobState.RUNNING:
+            raise LookupError(f"job {job_id} is not running (state: {job and job.state})")
+        active_tag = versions.active_tag(tx, job.model_name)
+        since = versions.data_revision(tx, active_tag) if active_tag else None
+        snapshot = examples.snapshot(tx)
+    active = registry.get(active_tag) if active_tag else None
+    report = Reporter(store, job_id)
+    with jobs.heartbeats(store, job_id):
+        try:
+            plan = make_plan(snapshot, job.params.get("mode", "auto"), active, since, settings)
+        except PlanError as exc:
+            return _end(store, job, JobState.REJECTED, decision=f"rejected: {exc}")
+        report.lap("plan")
+        summary = plan.summary | {
+            "phases": report.phases,
+            "data_revision": snapshot.revision,
+            "compared_with": active_tag,
+        }
+        report(0.0, f"{plan.mode}: training on {len(plan.train)} examples ({plan.reason})",
+               mode=plan.mode, summary=summary)  # fmt: skip
+        streak = int(active.metadata.get("incremental_streak", 0)) if active else 0
+        with tempfile.TemporaryDirectory(prefix="selftune-retrain-") as tmp:
+            cfg = build_config(job, plan, _write(Path(tmp), plan), active, settings)
+            fitted = run_fit(
+                cfg,
+                lambda fraction, message: report(FIT_SHARE * fraction, message),
+                {
+                    "mode": plan.mode,
+                    "data_revision": snapshot.revision,
+                    "incremental_streak": streak + 1 if plan.mode == "incremental" else 0,
+                },
+            )
+        candidate = fitted.version
+        report.lap("fit")
+        with store.transaction() as tx:
+            versions.set_status(
+                tx, job.model_name, candidate.tag, VersionStatus.CANDIDATE, f"job {job_id}",
+                data_revision=snapshot.revision,
+            )  # fmt: skip
+        report(FIT_SHARE, "gate: scoring the active version on the same texts", force=True,
+               candidate_version=candidate.tag)  # fmt: skip
+        decision, metrics = _gate(plan, candidate.labels, fitted.eval_predictions, active, settings)
+        report.lap("gate")
+    summary["phases"] = report.phases
+    return _promote(store, job, candidate.tag, active_tag, decision, metrics, summary)
+
+
+def _end(store: Store, job: Job, state: JobState, **fields: Any) -> JobState:
+    with store.transaction() as tx:
+        finished = jobs.finish(tx, job.id, state, **fields)
+    return state if finished else JobState.FAILED
+
+
+def _promote(
+    store: Store, job: Job, tag: str, compared_with: str | None, decision: Decision,
+    metrics: dict[str, Any], summary: dict[str, Any],
+) -> JobState:  # fmt: skip
+    """Record the decision and, if it promotes, swap the active record if it did not move."""
+    message = decision.message
+    state = JobState.SUCCEEDED if decision.promote else JobState.REJECTED
+    with store.transaction() as tx:
+        jobs.report(tx, job.id, 1.0, message, summary=summary)
+    try:
+        with store.transaction() as tx:
+            if not jobs.finish(tx, job.id, state, decision=message, metrics=metrics):
+                log.warning("job=%s was no longer running (declared dead); not promoting", job.id)
+                return JobState.FAILED
+            if decision.promote:
+                versions.activate(
+                    tx, job.model_name, tag, f"job {job.id}: {message}",
+                    expected=compared_with, check_expected=True,
+                )  # fmt: skip
+    except ActiveChangedError as exc:
+        message = f"rejected: {exc}"
+        state = _end(store, job, JobState.REJECTED, decision=message, metrics=metrics)
+    if state != JobState.SUCCEEDED:
+        with store.transaction() as tx:
+            versions.set_status(tx, job.model_name, tag, VersionStatus.REJECTED, message)
+    log.info("job=%s version=%s %s", job.id, tag, message)
+    return state

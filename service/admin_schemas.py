@@ -1,0 +1,193 @@
+"""Request and response models of the admin API: what goes over the wire, typed.
+
+Texts and labels go through `core.text` exactly as training reads them, so a
+stored example is always one training can use.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from core.text import clean_label, clean_text
+from service.settings import get_settings
+from store.jobs import Job, JobState
+
+_settings = get_settings()
+
+ExampleText = Annotated[
+    str, StringConstraints(max_length=_settings.max_text_chars), AfterValidator(clean_text)
+]
+Label = Annotated[str, AfterValidator(clean_label)]
+Source = Annotated[str, StringConstraints(max_length=200)]
+RetrainMode = Literal["auto", "incremental", "refit"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExampleIn(_Strict):
+    text: ExampleText
+    label: Label
+
+
+class Intake(_Strict):
+    examples: list[ExampleIn] = Field(min_length=1, max_length=_settings.max_examples_per_request)
+    source: Source | None = None
+    allow_new_labels: bool = Field(
+        False, description="Accept labels the active model does not know (the head grows)."
+    )
+    on_conflict: Literal["refuse", "relabel"] = Field(
+        "refuse",
+        description="A text already stored with another label: refuse the request, or "
+        "take the new label (a correction, as a labeling tool sends it).",
+    )
+
+
+class RetrainRequest(Intake):
+    examples: list[ExampleIn] | None = Field(  # type: ignore[assignment]
+        None, max_length=_settings.max_examples_per_request
+    )
+    mode: RetrainMode = Field(
+        "auto",
+        description="incremental: warm-start from the active version on what changed since "
+        "it, plus replay; refit: from the base model on everything; auto: chooses.",
+    )
+    strategy: Literal["full", "freeze", "lora"] | None = None
+    epochs: float | None = Field(None, gt=0, le=20)
+    lr: float | None = Field(None, gt=0, lt=1)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+
+    def training_overrides(self) -> dict[str, Any]:
+        fields = ("strategy", "epochs", "lr", "batch_size")
+        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+
+
+class Relabel(_Strict):
+    label: Label
+    allow_new_labels: bool = False
+
+
+class IntakeOut(BaseModel):
+    accepted: int
+    relabeled: int
+    duplicates: int
+    total: int
+    revision: int = Field(description="The examples revision after this request.")
+
+
+class RetrainOut(BaseModel):
+    job_id: str
+    intake: IntakeOut | None = None
+
+
+class ExampleOut(BaseModel):
+    id: int
+    text: str
+    label: str
+    source: str | None
+    created_at: datetime
+    updated_at: datetime
+    revision: int
+    in_eval_split: bool = Field(description="Held out for evaluation: never trained on.")
+
+
+class ExamplePage(BaseModel):
+    items: list[ExampleOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null: done.")
+
+
+class Deleted(BaseModel):
+    deleted: int
+
+
+class JobOut(BaseModel):
+    """GET /jobs/{id}: what the job is doing or did, and why."""
+
+    id: str
+    state: JobState
+    progress: float
+    message: str | None
+    mode: str | None = Field(description="The mode that ran: incremental or refit.")
+    mode_reason: str | None = Field(description="Why this mode ran (what auto decided).")
+    compared_with: str | None = Field(
+        description="The version active when the job read the store: the candidate is "
+        "gated against it and promoted only if it is still active."
+    )
+    new_examples: int | None = Field(
+        description="Rows added or relabeled since the active version's snapshot "
+        "(evaluation split included)."
+    )
+    replayed_examples: int | None
+    trained_examples: int | None
+    skipped_examples: list[dict[str, Any]] = Field(
+        default_factory=list, description="Stored rows the job could not use, with the reason."
+    )
+    phases: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+    candidate_version: str | None
+    metrics: dict[str, Any]
+    gate: dict[str, Any] | None = Field(description="The decision record: slices, interval.")
+    decision: str | None
+    error: str | None
+    params: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        summary = job.summary or {}
+        metrics = job.metrics or {}
+        return cls(
+            id=job.id,
+            state=job.state,
+            progress=round(job.progress, 4),
+            message=job.message,
+            mode=job.mode,
+            mode_reason=summary.get("reason"),
+            compared_with=summary.get("compared_with"),
+            new_examples=summary.get("new_examples"),
+            replayed_examples=summary.get("replayed_examples"),
+            trained_examples=summary.get("trained_examples"),
+            skipped_examples=summary.get("skipped_examples", []),
+            phases=summary.get("phases", {}),
+            candidate_version=job.candidate_version,
+            metrics={"candidate": metrics.get("candidate"), "active": metrics.get("active")},
+            gate=metrics.get("gate"),
+            decision=job.decision,
+            error=job.error,
+            params=job.params,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class VersionOut(BaseModel):
+    tag: str
+    version: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    labels: list[str]
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    data_revision: int | None
+
+
+class ModelsOut(BaseModel):
+    model_name: str
+    active: str | None
+    versions: list[VersionOut]
+
+
+class Activated(BaseModel):
+    active: str
+    previous: str | None

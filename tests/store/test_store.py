@@ -1,0 +1,158 @@
+"""The durable store on SQLite and on PostgreSQL: the same code, the same guarantees."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from store import Store, examples, jobs, versions
+from store.examples import ConflictError, DeletedExampleRow, NewExample
+from store.jobs import JobState
+from store.versions import ActiveChangedError
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    return Store(database_url)
+
+
+def add(store: Store, rows: list[tuple[str, str]], source: str | None = None, **kw: Any) -> Any:
+    with store.transaction() as tx:
+        return examples.add(tx, [NewExample(t, label) for t, label in rows], source, **kw)
+
+
+def test_examples_are_deduplicated_and_counted(store: Store) -> None:
+    first = add(store, [("good day", "pos"), ("bad day", "neg")], "tool")
+    assert (first.accepted, first.duplicates, first.total) == (2, 0, 2)
+    again = add(store, [("good day", "pos"), ("meh", "neu"), ("meh", "neu")])
+    assert (again.accepted, again.duplicates, again.total) == (1, 2, 3)
+    with store.transaction() as tx:
+        assert [e.text for e in examples.snapshot(tx).rows] == ["good day", "bad day", "meh"]
+
+
+def test_a_conflicting_row_refuses_the_whole_request_unless_it_relabels(store: Store) -> None:
+    add(store, [("good day", "pos")])
+    with pytest.raises(ConflictError, match=r"already stored \(id 1\) with label 'pos'"):
+        add(store, [("fresh text", "neg"), ("good day", "neg")])
+    with store.transaction() as tx:
+        assert examples.count(tx) == 1  # "fresh text" was not stored either
+    result = add(store, [("fresh text", "neg"), ("good day", "neg")], relabel=True)
+    assert (result.accepted, result.relabeled) == (1, 1)
+    with store.transaction() as tx:
+        assert examples.get(tx, 1) is not None and examples.get(tx, 1).label == "neg"  # type: ignore[union-attr]
+
+
+def test_every_change_moves_the_revision_and_stamps_what_it_touched(store: Store) -> None:
+    assert add(store, [("a", "x"), ("b", "y"), ("c", "y")], "batch").revision == 1
+    assert add(store, [("a", "x")]).revision == 1  # a duplicate changes nothing
+    with store.transaction() as tx:
+        relabeled = examples.relabel(tx, 2, "x", "api")
+    assert relabeled is not None and relabeled.revision == 2 and relabeled.label == "x"
+    with store.transaction() as tx:
+        assert examples.delete_where(tx, example_id=3, reason="typo") == 1
+        snap = examples.snapshot(tx)
+    assert snap.revision == 3
+    assert [(r.id, r.label, r.revision) for r in snap.rows] == [(1, "x", 1), (2, "x", 2)]
+    with store.transaction() as tx:
+        assert examples.delete_where(tx, source="batch", reason="bad batch") == 2
+        assert examples.count(tx) == 0
+        deleted = tx.scalars(select(DeletedExampleRow.id)).all()
+    assert sorted(deleted) == [1, 2, 3]  # kept for audit
+
+
+def test_examples_page_by_cursor_and_filter(store: Store) -> None:
+    add(store, [(f"text {i}", "pos" if i % 2 else "neg") for i in range(7)], "tool")
+    with store.transaction() as tx:
+        first = examples.page(tx, label="pos", limit=2)
+        rest = examples.page(tx, label="pos", after_id=first[-1].id, limit=10)
+        assert examples.page(tx, source="other") == []
+    assert [e.text for e in first + rest] == ["text 1", "text 3", "text 5"]
+
+
+def test_only_one_job_runs_at_a_time_in_fifo_order(store: Store) -> None:
+    with store.transaction() as tx:
+        first = jobs.create(tx, "m", {})
+        second = jobs.create(tx, "m", {})
+    claimed = jobs.claim_next(store)
+    assert claimed is not None and claimed.id == first.id and claimed.state == JobState.RUNNING
+    assert jobs.claim_next(store) is None  # one is running
+    with store.transaction() as tx:
+        assert jobs.finish(tx, first.id, JobState.SUCCEEDED, decision="ok")
+    claimed = jobs.claim_next(store)
+    assert claimed is not None and claimed.id == second.id
+
+
+def test_a_job_whose_heartbeat_stopped_is_failed_not_stuck(store: Store) -> None:
+    with store.transaction() as tx:
+        job = jobs.create(tx, "m", {})
+    assert jobs.claim_next(store) is not None
+    assert jobs.fail_stale(store, timedelta(hours=1)) == []
+    assert jobs.fail_stale(store, timedelta(seconds=-1)) == [job.id]
+    with store.transaction() as tx:
+        failed = jobs.get(tx, job.id)
+        assert failed is not None and failed.state == "failed" and "stopped" in (failed.error or "")
+        # a finished job cannot be finished again (a late training process cannot promote)
+        assert not jobs.finish(tx, job.id, JobState.SUCCEEDED)
+
+
+def test_a_job_that_heartbeats_itself_is_not_reaped(store: Store) -> None:
+    """The training process beats on its own: it stays alive with no runner watching it."""
+    with store.transaction() as tx:
+        job = jobs.create(tx, "m", {})
+    assert jobs.claim_next(store) is not None
+    with jobs.heartbeats(store, job.id, every=0.05):
+        time.sleep(1.0)
+        assert jobs.fail_stale(store, timedelta(seconds=0.5)) == []
+    time.sleep(1.0)  # beats stopped with the block
+    assert jobs.fail_stale(store, timedelta(seconds=0.5)) == [job.id]
+
+
+def test_activation_retires_the_previous_version_and_rollback_restores_it(store: Store) -> None:
+    assert versions.adopt_if_none(store, "m", "m:v1") == "m:v1"
+    assert versions.adopt_if_none(store, "m", "m:v2") == "m:v1"  # only when nothing is active
+    with store.transaction() as tx:
+        assert versions.activate(tx, "m", "m:v2", "promoted") == "m:v1"
+        assert versions.active_tag(tx, "m") == "m:v2"
+        states = versions.states(tx, "m")
+        assert states["m:v1"].status == "retired" and states["m:v2"].status == "active"
+        assert versions.activate(tx, "m", "m:v1", "rollback") == "m:v2"
+        assert versions.active_tag(tx, "m") == "m:v1"
+
+
+def test_compare_and_swap_activation_refuses_when_the_active_moved(store: Store) -> None:
+    versions.adopt_if_none(store, "m", "m:v1")
+    with store.transaction() as tx:
+        versions.activate(tx, "m", "m:v0", "rollback")
+    with (
+        pytest.raises(ActiveChangedError, match="active version is now m:v0"),
+        store.transaction() as tx,
+    ):
+        versions.activate(tx, "m", "m:v2", "job", expected="m:v1", check_expected=True)
+    with store.transaction() as tx:
+        assert versions.active_tag(tx, "m") == "m:v0"
+
+
+def _open_store_after(barrier: Any, url: str) -> None:
+    barrier.wait()
+    Store(url)
+
+
+def test_many_processes_can_create_the_schema_at_once(database_url: str) -> None:
+    """Every worker of every replica opens the store at start-up, all at once."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(8)
+    workers = [
+        context.Process(target=_open_store_after, args=(barrier, database_url)) for _ in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 8
+    with Store(database_url).transaction() as tx:
+        assert examples.count(tx) == 0
