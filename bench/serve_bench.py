@@ -147,8 +147,8 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int, max_
 
 def in_process(model: str, texts: list[str], threads: int) -> dict[int, float]:
     """Texts/s of `Classifier.score` at batch sizes 1, 8, 64 (median of 3 interleaved rounds)."""
-    from service import registry
-    from service.runtime import Classifier
+    from core import registry
+    from core.runtime import Classifier
 
     version = registry.get(f"{model}:latest")
     classifier = Classifier(version.path, version.max_length, threads)

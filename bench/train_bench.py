@@ -37,8 +37,8 @@ OUT = ROOT / "bench" / "out"
 
 
 def run_ours(train: Path, valid: Path, seed: int) -> dict[str, Any]:
-    from service.registry import get
-    from service.runtime import Classifier
+    from core.registry import get
+    from core.runtime import Classifier
     from training.data import load
 
     started = time.perf_counter()
