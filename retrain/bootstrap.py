@@ -69,6 +69,7 @@ def fit_quick(settings: RetrainSettings, train: list[Row], held: list[Row]) -> N
         command = [
             sys.executable, "-m", "training", "fit", "--data", str(train_csv),
             "--eval-data", str(eval_csv), "--name", settings.model_name, "--epochs", "1",
+            "--no-store",  # it saw a slice only: the first retrain must be a refit
         ]  # fmt: skip
         log.info("no version of %r yet; training a first one on %d texts", settings.model_name,
                  len(train))  # fmt: skip

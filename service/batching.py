@@ -1,20 +1,9 @@
 """BentoML's adaptive batching without the wait it learns from queueing.
 
-BentoML's `CorkDispatcher` holds a lone request back for `Optimizer.wait`, the
-average time the first request of recent batches spent in the queue. Under load
-that time is mostly the wait for the batch in flight (one runs at a time), so
-after a burst every request sent alone is held for about as long as a loaded
-batch took, and the average decays by ~5% per 5-second refresh: measured here,
-c=1 fell from 142 to 5-8 texts/s (p50 6 ms -> 120-200 ms) for minutes after a
-c=64 burst (bench/SERVING.md).
-
-Waiting buys this service nothing: every text runs through ONNX Runtime on its
-own (service.runtime), so a batch costs the sum of its texts whatever its size;
-batching only saves per-call overhead, and under load batches fill by
-themselves while the previous one runs. So the learned wait is pinned at zero;
-everything else (batch size cap, max-latency shedding, one batch in flight)
-stays BentoML's. `bentoml` is pinned exactly in pyproject.toml because this
-reaches a private module; tests/service/test_batching.py fails if it moves.
+Its learned wait held lone requests 120-200 ms for minutes after a burst, and
+buys nothing when a batch costs the sum of its texts (docs/DESIGN.md #4).
+`bentoml` is pinned exactly: this reaches a private module, and
+tests/service/test_batching.py fails if it moves.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RETRAIN_BACKEND=kubernetes: each retrain job runs as a Kubernetes Job (docs/DESIGN.md #10).
+"""RETRAIN_BACKEND=kubernetes: each retrain job runs as a Kubernetes Job (docs/DESIGN.md #13).
 
 The pod comes from a PodTemplate (RETRAIN_POD_TEMPLATE in POD_NAMESPACE,
 shipped by k8s/overlays/scaled), so image, volumes, resources and security

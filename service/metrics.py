@@ -8,7 +8,7 @@ merged view with no registration of our own; `ServiceMetrics` must only be
 built in a worker (the service's `__init__`), never at import time in the
 process that merely loads the service definition.
 
-What a person can act on (docs/DESIGN.md #9): which version is live, what it
+What a person can act on (docs/DESIGN.md #12): which version is live, what it
 predicts and how sure it is, what batching costs, and how
 retraining goes (jobs by outcome, their duration, examples stored, the
 evaluation macro-F1 of the version being served).

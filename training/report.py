@@ -18,6 +18,9 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 
+# Labels are user text: "$" must print as a dollar, not start mathtext (it broke a report).
+matplotlib.rcParams["text.parse_math"] = False
+
 
 def write_report(
     path: Path,

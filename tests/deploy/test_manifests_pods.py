@@ -125,7 +125,7 @@ def test_every_container_requests_no_more_than_its_limits(objs: list[Manifest]) 
 
 
 def test_cpu_request_equals_the_threads_onnx_runtime_uses(objs: list[Manifest]) -> None:
-    """WORKERS x ORT_THREADS cores are requested (shared/DESIGN.md #2)."""
+    """WORKERS x ORT_THREADS cores are requested (docs/DESIGN.md #2)."""
     c = server_container(objs)
     workers, threads = int(env_value(c, "WORKERS")), int(env_value(c, "ORT_THREADS"))
     # 0 would mean "the cores the process sees": the node's, not the pod's.

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from core import registry
+from core.registry import HF_DIR
+from core.runtime import Classifier
 from training.export import ParityError, check_parity, quantize_int8, torch_logits, write_onnx
+from training.report import write_report
 
 TEXTS = [
     "the movie was great",
@@ -46,12 +50,35 @@ def test_parity_failure_is_a_typed_error_with_numbers(exported: tuple[Path, np.n
     assert info.value.max_abs_diff == pytest.approx(0.01, rel=1e-3)
 
 
-def test_int8_file_is_smaller_and_close(exported: tuple[Path, np.ndarray], tmp_path: Path) -> None:
-    out, reference = exported
-    int8_dir = tmp_path / "int8"
+def test_int8_file_is_smaller_and_close(tiny_version: str, tmp_path: Path) -> None:
+    """On a trained model (a random head's logits are all near zero, so nothing is "close")."""
+    trained = registry.get(tiny_version).path / HF_DIR
+    model = AutoModelForSequenceClassification.from_pretrained(str(trained))
+    tokenizer = AutoTokenizer.from_pretrained(str(trained))
+    fp32_dir, int8_dir = tmp_path / "fp32", tmp_path / "int8"
+    fp32_dir.mkdir()
     int8_dir.mkdir()
-    quantize_int8(out / "model.onnx", int8_dir / "model.onnx")
-    (int8_dir / "tokenizer.json").write_bytes((out / "tokenizer.json").read_bytes())
-    assert (int8_dir / "model.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+    write_onnx(model, tokenizer, fp32_dir)
+    reference = torch_logits(model, tokenizer, TEXTS, 64)
+    quantize_int8(fp32_dir / "model.onnx", int8_dir / "model.onnx")
+    (int8_dir / "tokenizer.json").write_bytes((fp32_dir / "tokenizer.json").read_bytes())
+    assert (int8_dir / "model.onnx").stat().st_size < (fp32_dir / "model.onnx").stat().st_size
     with pytest.raises(ParityError):  # int8 is not fp32-exact: budgets apply to metrics, not logits
         check_parity(reference, int8_dir, TEXTS, 64, atol=1e-7)
+    # ... but close: the same labels, logits within a small fraction of their spread.
+    int8 = Classifier(int8_dir, 64, threads=1).logits(TEXTS)
+    assert (int8.argmax(1) == reference.argmax(1)).all()
+    assert np.abs(int8 - reference).max() < 0.1 * np.ptp(reference)
+
+
+def test_the_report_draws_labels_with_dollar_signs(tmp_path: Path) -> None:
+    """Labels are user text: "$^$" in one made matplotlib's mathtext fail the fit."""
+    metrics = {
+        "labels": ["costs $^$ a lot", "free", "other"],
+        "confusion_matrix": [[2, 0, 0], [0, 1, 1], [0, 0, 3]],
+        "macro_f1": 0.9,
+        "accuracy": 0.9,
+    }
+    history = [{"step": 1, "train_loss": 1.0, "dev_loss": 1.0, "dev_macro_f1": 0.5}]
+    write_report(tmp_path / "report.png", metrics, history, 1, "labels with $")
+    assert (tmp_path / "report.png").stat().st_size > 1000

@@ -1,0 +1,35 @@
+"""The model holder in-process: a version that fails to load never takes serving down."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from service.model_holder import ModelHolder, NoModelError
+
+
+def test_a_broken_version_is_skipped_and_the_served_one_stays(
+    tiny_version: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    wanted: list[str | None] = [None]
+    holder = ModelHolder(resolver=lambda: wanted[0], threads=1, poll_seconds=60)
+    assert not holder.refresh() and not holder.ready
+    with pytest.raises(NoModelError):
+        holder.current()
+
+    wanted[0] = "tiny-sentiment:doesnotexist"
+    with caplog.at_level(logging.ERROR):
+        assert not holder.refresh()
+    assert not holder.ready and "failed to load" in caplog.text
+
+    wanted[0] = tiny_version
+    assert holder.refresh() and holder.current().version.tag == tiny_version
+
+    wanted[0] = "tiny-sentiment:doesnotexist"
+    assert not holder.refresh()
+    assert holder.current().version.tag == tiny_version  # still serving the good one
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert not holder.refresh()
+    assert caplog.text == ""  # a failed version is not retried (and logged) every poll
