@@ -1,207 +1,437 @@
-"""Retrain benchmark: job wall time, predict latency idle vs during a retrain, swap time.
+"""Topic-shift retrain benchmark: a model that never saw a topic learns it from N new labels.
 
-Run by hand (~12 min on 2 cores); the write-up is bench/RETRAIN.md.
+    .venv/bin/python bench/retrain_bench.py   # 2 topics, N 200 and 1000, 0 and 64 clients
 
-One real `bentoml serve` (the default: one single-threaded worker per core;
-`--workers` to change it) of a MiniLM model, with local retraining capped at
-1 thread and niced (the defaults): on 2 cores, the retrain competes with both
-workers for the machine. For each size N, N new tweets from
-tweets-sentiment/train.csv go in through POST /examples and a retrain is
-started (it trains on everything stored: the seed data and earlier sizes too);
-we time the job, and a closed-loop load generator (CONCURRENCY clients, single-text
-requests) measures predict latency before (idle) and during the job. After a
-promotion we time how long until every request is answered by the new version.
+Topics of tweets-sentiment/train.csv: airline (@united, @AmericanAir, @SouthwestAir,
+@USAirways, @JetBlue, @VirginAmerica, @delta) and Coachella. Per topic, on its own
+loopback `bentoml serve` (temporary BENTOML_HOME/STATE_DIR, or `--home`): the store
+gets every train.csv tweet not of the topic, and a refit on it (`--setup-epochs`,
+through the job queue and gate, after a first `training fit` on a small slice) is
+the setup version. Per N, the first N topic tweets are posted; per mode and client
+count a retrain runs from the setup version (re-activated each time) while `clients`
+closed-loop clients send single-text /predict requests, as for `--idle-seconds` before.
+
+Per run: seconds from POST /retrain to the job's end and to the first answer from
+the new version; state, gate, example counts, phases (`other`: the job's time outside
+them); predict p50/p99 idle and during, failed requests (any non-200); macro-F1 of
+the setup version (before) and of the one active after, on held-out topic tweets
+(validation.csv, topped up with unposted train.csv ones under 50) and on the rest
+of validation.csv. Retrain settings come from the environment (REFIT_EPOCHS,
+INCREMENTAL_EPOCHS, REPLAY_*, GATE_*, RETRAIN_THREADS, WORKERS...). Prints a
+Markdown table; raw numbers go to bench/out/retrain_bench.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
 import random
-import statistics
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+from sklearn.metrics import f1_score
+
+from core.text import EVAL_FRACTION, in_eval_split
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "tweets-sentiment" / "train.csv"
+DATA = ROOT.parent / "shared" / "datasets" / "tweets-sentiment"
+OUT = ROOT / "bench" / "out"
 TOKEN = "bench-admin-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CONCURRENCY = 4
+MODEL = "bench-retrain"
+CHUNK = 5000  # examples per POST /examples
+BATCH = 64  # texts per /predict request when scoring held-out sets
+FIRST_FIT = (200, 100)  # the first `training fit`: training texts, evaluation texts
+MIN_TOPIC_EVAL = 50
+FINAL = ("succeeded", "rejected", "failed")
+RETRAIN_ENV = (
+    "RETRAIN_THREADS", "RETRAIN_NICE", "REPLAY_RATIO", "REPLAY_MIN", "REPLAY_MAX",
+    "INCREMENTAL_EPOCHS", "REFIT_EPOCHS", "GATE_TOLERANCE", "GATE_MIN_EVAL", "WORKERS",
+)  # fmt: skip
+TOPICS = {
+    "airline": re.compile(
+        r"@(united|americanair|southwestair|usairways|jetblue|virginamerica|delta)(?!\w)", re.I
+    ),
+    "coachella": re.compile("coachella", re.I),
+}
+
+Row = tuple[str, str]  # text, label
 
 
-def rows(n: int, offset: int = 0) -> list[dict[str, str]]:
-    with DATA.open() as f:
-        data = [{"text": r["text"], "label": r["label"]} for r in csv.DictReader(f)]
-    return data[offset : offset + n]
+def read_rows(path: Path) -> list[Row]:
+    """Stripped, non-empty texts, one row per text; texts seen with two labels are dropped."""
+    labels: dict[str, set[str]] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for r in csv.DictReader(f):
+            if (text := r["text"].strip()) and (label := r["label"].strip()):
+                labels.setdefault(text, set()).add(label)
+    return [(text, next(iter(ls))) for text, ls in labels.items() if len(ls) == 1]
+
+
+@dataclass
+class TopicData:
+    base: list[Row]  # the store before the topic
+    topic: list[Row]  # topic tweets to post, in order: a run posts the first N
+    topic_eval: list[Row]
+    topic_eval_source: str
+    rest_eval: list[Row]
+
+
+def topic_data(name: str, args: argparse.Namespace) -> TopicData:
+    is_topic = TOPICS[name].search
+    train, valid = read_rows(DATA / "train.csv"), read_rows(DATA / "validation.csv")
+    random.Random(0).shuffle(train)
+    in_train = {t for t, _ in train}
+    valid = [r for r in valid if r[0] not in in_train]
+    base = [r for r in train if not is_topic(r[0])][: args.base_limit]
+    topic = [r for r in train if is_topic(r[0])]
+    if max(args.sizes) > len(topic):
+        sys.exit(f"{name}: only {len(topic)} topic tweets in train.csv, --sizes asks for more")
+    posted, unposted = topic[: max(args.sizes)], topic[max(args.sizes) :]
+    topic_eval = [r for r in valid if is_topic(r[0])]
+    source = f"validation.csv ({len(topic_eval)})"
+    if len(topic_eval) < MIN_TOPIC_EVAL:
+        topic_eval += unposted
+        source += f" + train.csv topic tweets never posted ({len(unposted)})"
+    rest = [r for r in valid if not is_topic(r[0])][: args.rest_eval]
+    return TopicData(base, posted, topic_eval, source, rest)
+
+
+def cpu_info() -> dict[str, Any]:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+    model = fields.get("Model name", "?").strip()
+    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in wanted}}
 
 
 class Load:
-    """Closed-loop single-text predict clients, collecting latencies until stopped."""
+    """`clients` closed-loop clients, one text per /predict request, until the block ends.
 
-    def __init__(self, url: str, texts: list[str]) -> None:
-        self.url, self.texts = url, texts
+    aiohttp in a thread of its own: it costs the shared cores far less CPU per request
+    than httpx (bench/SERVING.md). With 0 clients it sends nothing."""
+
+    def __init__(self, url: str, texts: list[str], clients: int) -> None:
+        self.url, self.texts, self.clients = url, texts, clients
         self.latencies: list[float] = []
-        self.errors = 0
-        self.versions: list[tuple[float, str]] = []
+        self.failures: Counter[str] = Counter()  # by status code or exception
+        self.first_seen: dict[str, float] = {}  # model version -> monotonic time of first answer
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CONCURRENCY)]
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()))
 
-    def _run(self, seed: int) -> None:
+    async def _client(self, http: aiohttp.ClientSession, seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=self.url, timeout=60) as http:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                r = http.post("/predict", json={"texts": [rng.choice(self.texts)]})
-                self.latencies.append(time.perf_counter() - started)
-                if r.status_code != 200:
-                    self.errors += 1
-                else:
-                    self.versions.append((time.time(), r.json()[0]["model_version"]))
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                async with http.post("/predict", json={"texts": [rng.choice(self.texts)]}) as r:
+                    body = await r.json() if r.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failures[type(exc).__name__] += 1
+                continue
+            if body is None:
+                self.failures[str(r.status)] += 1
+                continue
+            now = time.monotonic()
+            self.latencies.append(now - start)
+            self.first_seen.setdefault(body[0]["model_version"], now)
+
+    async def _run(self) -> None:
+        connector = aiohttp.TCPConnector(limit=max(1, self.clients))
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(self.url, connector=connector, timeout=timeout) as http:
+            await asyncio.gather(*(self._client(http, i) for i in range(self.clients)))
 
     def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join()
+        self._thread.join()
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
-        q = statistics.quantiles(lat, n=100)
-        return {
-            "requests": len(lat),
-            "errors": self.errors,
-            "p50_ms": q[49] * 1000,
-            "p99_ms": q[98] * 1000,
-        }
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3, 1) if lat else None
+
+        failed = sum(self.failures.values())
+        return {"ok": len(lat), "failed": failed, "failures": dict(self.failures),
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99)}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--idle-seconds", type=float, default=30)
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="serving workers, 1 thread each"
-    )
-    args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
-    env = os.environ | {
-        "BENTOML_HOME": str(home / "bentoml"),
-        "STATE_DIR": str(home / "state"),
-        "ADMIN_TOKEN": TOKEN,
-        "MODEL_NAME": "bench-retrain",
-        "PORT": "3077",
-        "WORKERS": str(args.workers),
-        "ORT_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    seed_csv = home / "seed.csv"
-    with seed_csv.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows((r["text"], r["label"]) for r in rows(1000, offset=20000))
-    fit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "fit",
-            "--data",
-            str(seed_csv),
-            "--name",
-            "bench-retrain",
-            "--epochs",
-            "1",
-            "--split",
-            "hash",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    print("first version:", fit.stdout.strip().splitlines()[-1], flush=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"],
-        cwd=ROOT,
-        env=env,
-        stdout=(home / "serve.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    results: dict[str, Any] = {"workers": args.workers}
-    try:
-        url = "http://127.0.0.1:3077"
-        for _ in range(120):
+class Service:
+    """One `bentoml serve` of MODEL on loopback, with its own model store and database."""
+
+    def __init__(self, home: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.home, self.url = home, f"http://127.0.0.1:{port}"
+        self.env = os.environ | {
+            "BENTOML_HOME": str(home / "bentoml"), "STATE_DIR": str(home / "state"),
+            "MODEL_NAME": MODEL, "ADMIN_TOKEN": TOKEN, "HOST": "127.0.0.1", "PORT": str(port),
+            "MAX_EXAMPLES_PER_REQUEST": str(CHUNK), "MAX_ADMIN_BODY_BYTES": str(64 * 2**20),
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "BENTOML_DO_NOT_TRACK": "true",
+        }  # fmt: skip
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        self.http = httpx.Client(base_url=self.url, headers=auth, timeout=120)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
+        with (self.home / "serve.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
+                if self.http.get("/readyz", timeout=2).status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        http = httpx.Client(base_url=url, timeout=60)
-        texts = [r["text"] for r in rows(500, offset=25000)]
-        offset = 0
-        seed = rows(1000, offset=20000)
-        http.post("/examples", headers=AUTH, json={"examples": seed, "source": "seed"})
-        for size in args.sizes:
-            with Load(url, texts) as idle:
-                time.sleep(args.idle_seconds)
-            new = rows(size, offset=offset)
-            offset += size
-            total = http.post(
-                "/examples", headers=AUTH, json={"examples": new, "source": "bench"}
-            ).json()["total"]
-            started = time.time()
-            job_id = http.post("/retrain", headers=AUTH, json={}).json()["job_id"]
-            with Load(url, texts) as busy:
-                while (job := http.get(f"/jobs/{job_id}", headers=AUTH).json())["state"] in (
-                    "queued",
-                    "running",
-                ):
-                    time.sleep(1)
-                finished = time.time()
-                promoted = (
-                    job["candidate_version"].split(":")[1] if job["state"] == "succeeded" else None
-                )
-                while promoted and not any(v == promoted for _, v in busy.versions[-CONCURRENCY:]):
-                    time.sleep(0.05)
-                time.sleep(2)
-            first_new = min((t for t, v in busy.versions if v == promoted), default=None)
-            last_old = max(
-                (t for t, v in busy.versions if v != promoted and t > finished), default=None
-            )
-            results[str(size)] = {
-                "job_state": job["state"],
-                "decision": job["decision"],
-                "job_wall_s": finished - started,
-                "new_examples": size,
-                "examples_in_store": total,
-                "idle": idle.summary(),
-                "during_retrain": busy.summary(),
-                "p99_ratio": busy.summary()["p99_ms"] / idle.summary()["p99_ms"],
-                "promotion_to_first_new_s": (first_new - finished) if first_new else None,
-                "promotion_to_last_old_s": (last_old - finished) if last_old else None,
-            }
-            print(size, json.dumps(results[str(size)]), flush=True)
+        raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group: its workers and any retrain they run."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = self.http.request(method, path, **kwargs)
+        if r.status_code >= 300:
+            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:2000]}")
+        return r.json()
+
+    def post_examples(self, rows: list[Row], source: str) -> None:
+        for i in range(0, len(rows), CHUNK):
+            examples = [{"text": t, "label": label} for t, label in rows[i : i + CHUNK]]
+            self.call("POST", "/examples", json={"examples": examples, "source": source})
+
+    def run_job(self, body: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], float]:
+        """Queue a retrain and wait for its final state, or state "timeout" after `timeout_s`;
+        returns (job, seconds from the POST)."""
+        start = time.monotonic()
+        job_id = self.call("POST", "/retrain", json=body)["job_id"]
+        while (job := self.call("GET", f"/jobs/{job_id}"))["state"] not in FINAL:
+            if time.monotonic() - start > timeout_s:
+                return job | {"state": "timeout"}, time.monotonic() - start
+            time.sleep(0.5)
+        return job, time.monotonic() - start
+
+    def predict(self, texts: list[str], version: str, timeout_s: float = 120) -> list[str]:
+        """Labels of `texts`, every one scored by `version` (retries while workers swap)."""
+        labels: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        for i in range(0, len(texts), BATCH):
+            body = {"texts": texts[i : i + BATCH]}
+            answers = self.call("POST", "/predict", json=body)
+            while any(a["model_version"] != version for a in answers):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"workers still not all on {version}")
+                time.sleep(0.05)
+                answers = self.call("POST", "/predict", json=body)
+            labels += [a["label"] for a in answers]
+        return labels
+
+    def setup(self, data: TopicData, epochs: float, timeout_s: float) -> dict[str, Any]:
+        """Start serving the topic-free setup version, made here unless HOME has it."""
+        marker, key = self.home / "setup.json", {"base": len(data.base), "epochs": epochs}
+        if marker.exists() and (saved := json.loads(marker.read_text()))["key"] == key:
+            self.start()
+            return dict(saved["setup"])
+        shutil.rmtree(self.home, ignore_errors=True)
+        self.home.mkdir(parents=True)
+        # The first version is a plain fit on a small slice: a retrain inherits its recipe.
+        held = [in_eval_split(t, EVAL_FRACTION) for t, _ in data.base]
+        slices = {"train": [r for r, h in zip(data.base, held, strict=True) if not h],
+                  "eval": [r for r, h in zip(data.base, held, strict=True) if h]}  # fmt: skip
+        for (name, rows), size in zip(slices.items(), FIRST_FIT, strict=True):
+            with (self.home / f"first-{name}.csv").open("w", encoding="utf-8", newline="") as f:
+                csv.writer(f).writerows([("text", "label"), *rows[:size]])
+        with (self.home / "first-fit.log").open("wb") as log:
+            subprocess.run(
+                [sys.executable, "-m", "training", "fit", "--name", MODEL, "--epochs", "1",
+                 "--data", str(self.home / "first-train.csv"),
+                 "--eval-data", str(self.home / "first-eval.csv"),
+                 "--threads", os.environ.get("RETRAIN_THREADS", "1")],
+                cwd=ROOT, env=self.env, check=True, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.start()
+        self.post_examples(data.base, "base")
+        job, wall = self.run_job({"mode": "refit", "epochs": epochs}, timeout_s)
+        if job["state"] != "succeeded":
+            raise RuntimeError(f"setup refit not promoted (raise --setup-epochs?): {job}")
+        setup = {"version": job["candidate_version"], "wall_s": round(wall, 1), "job": job}
+        marker.write_text(json.dumps({"key": key, "setup": setup}, default=str))
+        return setup
+
+
+def scores(service: Service, data: TopicData, version: str) -> dict[str, float]:
+    """Macro-F1 (sklearn) of `version` on the held-out topic and rest tweets."""
+    f1 = {}
+    for name, rows in (("topic", data.topic_eval), ("rest", data.rest_eval)):
+        predicted = service.predict([t for t, _ in rows], version)
+        f1[name] = round(float(f1_score([y for _, y in rows], predicted, average="macro")), 4)
+    return f1
+
+
+def one_run(
+    service: Service, mode: str, clients: int, setup_tag: str, args: argparse.Namespace,
+    texts: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """From the setup version: idle load, then one retrain under load; timings and the job."""
+    service.call("POST", f"/models/{setup_tag}/activate")
+    service.predict(texts[:BATCH], setup_tag.split(":")[1])  # the workers serve it
+    with Load(service.url, texts, clients) as idle:
+        time.sleep(args.idle_seconds if clients else 0)
+    start = time.monotonic()
+    with Load(service.url, texts, clients) as busy:
+        job, job_s = service.run_job({"mode": mode}, args.job_timeout)
+        served = start + job_s
+        if job["state"] == "succeeded":
+            new = job["candidate_version"].split(":")[1]
+            service.predict(["waiting for the new version"], new)
+            served = min(time.monotonic(), busy.first_seen.get(new, float("inf")))
+    return {
+        "job_s": round(job_s, 1),
+        "wall_s": round(served - start, 1),
+        "other_s": round(job_s - sum(job["phases"].values()), 1),
+        "job": job,
+        "idle": idle.summary(),
+        "during": busy.summary(),
+    }
+
+
+HEADER = (
+    "| topic | N | mode | clients | s to final state / to new version served | job "
+    "| trained (replayed) | phases s | topic F1 before → after | rest F1 before → after "
+    "| idle p50 / p99 ms | during p50 / p99 ms | p99 ratio | failed requests |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(r: dict[str, Any]) -> str:
+    job, idle, busy = r["job"], r["idle"], r["during"]
+    gate = (job["gate"] or {}).get("all") or {}
+    decision = (
+        f"{job['state']} ({gate['candidate_macro_f1']:.3f} vs {gate['active_macro_f1']:.3f})"
+        if gate.get("active_macro_f1") is not None
+        else f"{job['state']}: {(job['decision'] or job['error'] or job['message'] or '')[:80]}"
+    )
+    phases = " ".join(f"{k} {v:.0f}" for k, v in [*job["phases"].items(), ("other", r["other_s"])])
+    ratio = f"{busy['p99_ms'] / idle['p99_ms']:.2f}×" if idle["p99_ms"] and busy["p99_ms"] else "–"
+    b, a = r["f1_before"], r["f1_after"]
+    failed = busy["failed"] + idle["failed"]
+    return (
+        f"| {r['topic']} | {r['n']} | {r['mode']} | {r['clients']} "
+        f"| {r['job_s']:.0f} / {r['wall_s']:.0f} | {decision} "
+        f"| {job['trained_examples']} ({job['replayed_examples']}) "
+        f"| {phases} "
+        f"| {b['topic']:.3f} → {a['topic']:.3f} | {b['rest']:.3f} → {a['rest']:.3f} "
+        f"| {idle['p50_ms'] or '–'} / {idle['p99_ms'] or '–'} "
+        f"| {busy['p50_ms'] or '–'} / {busy['p99_ms'] or '–'} | {ratio} "
+        f"| {failed} of {failed + busy['ok'] + idle['ok']} |"
+    )
+
+
+def save(results: dict[str, Any]) -> None:
+    (OUT / "retrain_bench.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def bench_topic(name: str, home: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Setup, then every (N, mode, clients) run of one topic on its own server."""
+    data = topic_data(name, args)
+    service = Service(home / name)
+    info: dict[str, Any] = {"base_examples": len(data.base), "topic_eval": data.topic_eval_source,
+                            "rest_eval": len(data.rest_eval)}  # fmt: skip
+    results["topics"][name] = info
+    print(f"\n{name}: {info}", flush=True)
+    texts = [t for t, _ in data.rest_eval]
+    try:
+        info["setup"] = service.setup(data, args.setup_epochs, args.job_timeout)
+        tag = info["setup"]["version"]
+        service.call("POST", f"/models/{tag}/activate")
+        info["f1_setup"] = scores(service, data, tag.split(":")[1])
+        print(f"setup version {tag}: macro-F1 {info['f1_setup']}\n\n{HEADER}", flush=True)
+        for n in args.sizes:
+            service.call("DELETE", "/examples", params={"source": "topic"})
+            service.post_examples(data.topic[:n], "topic")
+            for mode in args.modes:
+                for clients in args.clients:
+                    r = {"topic": name, "n": n, "mode": mode, "clients": clients}
+                    r |= one_run(service, mode, clients, tag, args, texts)
+                    r["f1_before"] = r["f1_after"] = info["f1_setup"]
+                    if r["job"]["state"] == "succeeded":
+                        new = r["job"]["candidate_version"].split(":")[1]
+                        r["f1_after"] = scores(service, data, new)
+                    if r["job"]["state"] == "timeout":  # kill it; the restarted server fails it
+                        service.stop()
+                        service.start()
+                    results["runs"].append(r)
+                    save(results)
+                    print(row(r), flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "retrain_bench.json").write_text(json.dumps(results, indent=2))
+        service.stop()
+        if (service.home / "serve.log").exists():
+            shutil.copy(service.home / "serve.log", OUT / f"retrain_bench-{name}-serve.log")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--topics", nargs="+", choices=sorted(TOPICS), default=sorted(TOPICS))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--modes", nargs="+", choices=["incremental", "refit", "auto"],
+                        default=["incremental", "refit"])  # fmt: skip
+    parser.add_argument("--clients", type=int, nargs="+", default=[0, 64])
+    parser.add_argument("--idle-seconds", type=float, default=15)
+    parser.add_argument("--setup-epochs", type=float, default=0.3)
+    parser.add_argument("--base-limit", type=int, default=None, help="cap the base store")
+    parser.add_argument("--rest-eval", type=int, default=1000)
+    parser.add_argument("--job-timeout", type=float, default=1800, help="seconds per job")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="keep each topic's setup in HOME/TOPIC between invocations "
+                        "(rebuilt when its base store or --setup-epochs differ)")  # fmt: skip
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))
+    env = {k: os.environ[k] for k in RETRAIN_ENV if k in os.environ}
+    results: dict[str, Any] = {"command": " ".join(sys.argv), "cpu": cpu_info(), "env": env,
+                               "topics": {}, "runs": []}  # fmt: skip
+    cpu = results["cpu"]
+    flags = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items())
+    print(f"# retrain topic-shift benchmark\n\nCPU: {cpu['model']}, {cpu['cores']} cores; {flags}")
+    print(f"command: {results['command']}\nretrain env: {env}", flush=True)
+    started = time.monotonic()
+    for name in args.topics:
+        bench_topic(name, home, args, results)
+    results["total_s"] = round(time.monotonic() - started, 1)
+    save(results)
+    print(f"\ntotal {results['total_s']:.0f} s; raw numbers in {OUT / 'retrain_bench.json'}")
+    if args.home is None:
+        shutil.rmtree(home)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from training.data import write_csv
 
 log = logging.getLogger(__name__)
 
-QUICK_TRAIN = 1500
-QUICK_EVAL = 500
+QUICK_TRAIN = 800
+QUICK_EVAL = 300
 # The background refit's budget: the default model (0.80 macro-F1 needs more; see bench/).
 REFIT_EPOCHS = 0.3
 SOURCE = "bootstrap"
