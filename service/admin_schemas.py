@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from core.text import clean_label, clean_text
 from service.settings import get_settings
+from store.examples import StoredExample
 from store.jobs import Job, JobState
 
 _settings = get_settings()
@@ -84,14 +85,7 @@ class RetrainOut(BaseModel):
     intake: IntakeOut | None = None
 
 
-class ExampleOut(BaseModel):
-    id: int
-    text: str
-    label: str
-    source: str | None
-    created_at: datetime
-    updated_at: datetime
-    revision: int
+class ExampleOut(StoredExample):
     in_eval_split: bool = Field(description="Held out for evaluation: never trained on.")
 
 

@@ -71,7 +71,7 @@ def adopt_if_none(store: Store, model_name: str, tag: str) -> str:
     try:
         with store.transaction() as tx:
             tx.add(ActiveRow(model_name=model_name, tag=tag))
-            _set(tx, model_name, tag, VersionStatus.ACTIVE, "adopted: no active version yet")
+            set_status(tx, model_name, tag, VersionStatus.ACTIVE, "adopted: no active version yet")
     except IntegrityError:
         pass  # another worker adopted one first
     with store.transaction() as tx:
@@ -100,12 +100,12 @@ def activate(
     else:
         row.tag, row.updated_at = tag, utcnow()
     if previous and previous != tag:
-        _set(tx, model_name, previous, VersionStatus.RETIRED, f"replaced by {tag}")
-    _set(tx, model_name, tag, VersionStatus.ACTIVE, reason)
+        set_status(tx, model_name, previous, VersionStatus.RETIRED, f"replaced by {tag}")
+    set_status(tx, model_name, tag, VersionStatus.ACTIVE, reason)
     return previous
 
 
-def _set(
+def set_status(
     tx: Session,
     model_name: str,
     tag: str,
@@ -129,17 +129,6 @@ def _set(
     row.status, row.reason, row.updated_at = status, reason, utcnow()
     if data_revision is not None:
         row.data_revision = data_revision
-
-
-def set_status(
-    tx: Session,
-    model_name: str,
-    tag: str,
-    status: VersionStatus,
-    reason: str | None,
-    data_revision: int | None = None,
-) -> None:
-    _set(tx, model_name, tag, status, reason, data_revision)
 
 
 def states(tx: Session, model_name: str) -> dict[str, VersionState]:
