@@ -52,7 +52,6 @@ class Plan:
     new_examples: int
     replayed: int
     skipped: list[dict[str, object]] = field(default_factory=list)
-    skipped_count: int = 0
 
     @property
     def summary(self) -> dict[str, object]:
@@ -61,7 +60,7 @@ class Plan:
             "replayed_examples": self.replayed,
             "trained_examples": len(self.train),
             "eval_examples": len(self.eval),
-            "skipped_count": self.skipped_count,
+            "skipped_count": len(self.skipped),
             "skipped_examples": self.skipped[:MAX_NAMED_SKIPS],
             "reason": self.reason,
         }
@@ -189,7 +188,7 @@ def make_plan(
             )
     new_examples = sum(r.new for r in rows) if since is not None else len(rows)
     if mode == "refit":
-        return Plan(mode, reason, train_rows, [], eval_rows, new_examples, 0, skipped, len(skipped))
+        return Plan(mode, reason, train_rows, [], eval_rows, new_examples, 0, skipped)
     rng = random.Random(seed)
     new = [r for r in train_rows if r.new]
     old = [r for r in train_rows if not r.new]
@@ -205,7 +204,4 @@ def make_plan(
     )
     chosen = {r.id for r in replay}
     dev = stratified_sample([r for r in old if r.id not in chosen], INCREMENTAL_DEV, rng)
-    return Plan(
-        mode, reason, new + replay, dev, eval_rows, new_examples, len(replay), skipped,
-        len(skipped),
-    )  # fmt: skip
+    return Plan(mode, reason, new + replay, dev, eval_rows, new_examples, len(replay), skipped)

@@ -205,7 +205,7 @@ class Fitted:
 
 
 # Where each phase starts, as a share of the whole fit (training is most of it).
-PHASES = {"train": 0.0, "export": 0.8, "evaluate": 0.84, "quantize": 0.9, "register": 0.97}
+PHASES = {"export": 0.8, "evaluate": 0.84, "quantize": 0.9, "register": 0.97}
 Progress = Callable[[float, str], None]
 
 

@@ -89,7 +89,7 @@ def test_unusable_rows_are_skipped_and_named(tmp_path: Path) -> None:
     assert reasons[302] == "label is empty once surrounding whitespace is removed"
     rare = [i for i in (303, 304) if i in reasons]
     assert rare and all("'rare' has" in reasons[i] for i in rare)
-    assert plan.skipped_count == len(plan.skipped)
+    assert plan.summary["skipped_count"] == len(plan.skipped)
 
 
 def test_replay_keeps_enough_of_a_rare_label_to_train_on(tmp_path: Path) -> None:
