@@ -12,7 +12,10 @@ Measures, in one run and interleaved (timings drift on shared machines):
   `pipeline` behind Starlette/uvicorn (this file's `baseline` subcommand), on
   the same architecture (the default base model with a fresh 3-label head);
 * cold start to ready with an existing model, and the service's RSS before and
-  after a long run of mixed-length texts (ORT arena growth, onnxruntime#11627).
+  after a long run of mixed-length texts (ORT arena growth, onnxruntime#11627);
+* with `--protocols`, instead of the baseline: the same single texts through
+  /predict, the Hugging Face route (`POST /`) and Open Inference Protocol
+  infer (JSON tensors), interleaved, each protocol's rate as a ratio to /predict's.
 
 Everything stays on loopback and every load phase is bounded in requests and
 seconds. Prints a Markdown table for bench/SERVING.md.
@@ -44,6 +47,32 @@ ROOT = Path(__file__).resolve().parent.parent
 # The shared datasets sit beside the checkout (../shared), as on every dev and CI machine.
 DEFAULT_TEXTS = ROOT.parent / "shared" / "datasets" / "tweets-sentiment" / "validation.csv"
 CONCURRENCY = (1, 8, 64)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one text goes, and the body it travels in."""
+
+    path: str
+    kind: str  # predict | hf | v2
+
+    def body(self, text: str) -> dict[str, object]:
+        if self.kind == "hf":
+            return {"inputs": text}
+        if self.kind == "v2":
+            return {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
+        return {"texts": [text]}
+
+
+PREDICT = Route("/predict", "predict")
+
+
+def protocol_routes(model: str) -> dict[str, Route]:
+    return {
+        "predict": PREDICT,
+        "hf": Route("/", "hf"),
+        "v2": Route(f"/v2/models/{model}/infer", "v2"),
+    }
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,14 @@ def server(
         proc.wait(timeout=30)
 
 
-async def load(url: str, texts: list[str], concurrency: int, requests: int, max_s: float) -> Load:
+async def load(
+    url: str,
+    texts: list[str],
+    concurrency: int,
+    requests: int,
+    max_s: float,
+    route: Route = PREDICT,
+) -> Load:
     """`concurrency` clients send one text per request, for `requests` requests or `max_s` s.
 
     aiohttp, not httpx: the generator shares the 2 cores with the server, and
@@ -121,7 +157,7 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int, max_
             text = texts[next_index % len(texts)]
             next_index += 1
             start = time.perf_counter()
-            async with http.post("/predict", json={"texts": [text]}) as response:
+            async with http.post(route.path, json=route.body(text)) as response:
                 await response.read()
                 if response.status == 200:
                     latencies.append(time.perf_counter() - start)
@@ -132,8 +168,9 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int, max_
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
         # First-touch costs (connections, shapes) out of the way.
-        async with http.post("/predict", json={"texts": texts[:8]}) as response:
-            response.raise_for_status()
+        for text in texts[:8]:
+            async with http.post(route.path, json=route.body(text)) as response:
+                response.raise_for_status()
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
@@ -195,12 +232,47 @@ def fmt(load_: Load) -> str:
     )
 
 
+def run_protocols(args: argparse.Namespace, texts: list[str], best: float) -> None:
+    """The three wire shapes against one server, interleaved: what a protocol route costs."""
+    routes = protocol_routes(args.model)
+    command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
+    env = {"MODEL_NAME": args.model, "TOKENIZERS_PARALLELISM": "false"}
+    results: dict[tuple[str, int], list[Load]] = {}
+    with server(command, env, "/readyz") as (url, _, _):
+        for _ in range(args.rounds):
+            for c in CONCURRENCY:
+                for name, route in routes.items():
+                    result = asyncio.run(
+                        load(url, texts, c, args.requests, args.max_seconds, route)
+                    )
+                    results.setdefault((name, c), []).append(result)
+                    print(f"{name} c={c}: {fmt(result)}", flush=True)
+    print("\n| concurrency | route | texts/s | p50/p95/p99 ms | vs /predict | vs in-process best |")
+    print("|---|---|---|---|---|---|")
+    for c in CONCURRENCY:
+        predict = median(results[("predict", c)])
+        for name in routes:
+            m = median(results[(name, c)])
+            print(
+                f"| {c} | {routes[name].path} | {fmt(m)} "
+                f"| {m.texts_per_s / predict.texts_per_s:.2f} | {m.texts_per_s / best:.2f} |"
+            )
+
+
+def median(runs: list[Load]) -> Load:
+    ordered = sorted(runs, key=lambda r: r.texts_per_s)
+    return ordered[len(ordered) // 2]
+
+
 def run(args: argparse.Namespace) -> None:
     texts = read_texts(args.texts)
     cores = os.cpu_count() or 1
     limit = in_process(args.model, texts, cores)
     best = max(limit.values())
     print(f"in-process texts/s by batch size: { {b: round(r) for b, r in limit.items()} }")
+    if args.protocols:
+        run_protocols(args, texts, best)
+        return
 
     ours_cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
     ours_env = {"MODEL_NAME": args.model, "TOKENIZERS_PARALLELISM": "false"}
@@ -221,17 +293,13 @@ def run(args: argparse.Namespace) -> None:
         asyncio.run(mixed_run(ours_url, texts, args.memory_texts))
         rss_after = tree_rss_mb(ours_pid)
 
-    def median(name: str, c: int) -> Load:
-        runs = sorted(results[(name, c)], key=lambda r: r.texts_per_s)
-        return runs[len(runs) // 2]
-
     print(
         "\n| concurrency | ours texts/s | ours p50/p95/p99 ms | baseline texts/s "
         "| baseline p50/p95/p99 ms | ours / in-process best | ours / baseline |"
     )
     print("|---|---|---|---|---|---|---|")
     for c in CONCURRENCY:
-        ours, base = median("ours", c), median("baseline", c)
+        ours, base = median(results[("ours", c)]), median(results[("baseline", c)])
         print(
             f"| {c} | {fmt(ours)} | {fmt(base)} "
             f"| {ours.texts_per_s / best:.2f} | {ours.texts_per_s / base.texts_per_s:.1f}x |"
@@ -288,6 +356,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=15, help="per load phase, at most")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory-texts", type=int, default=4000)
+    parser.add_argument(
+        "--protocols", action="store_true", help="compare /predict, POST / and V2 infer instead"
+    )
     base = sub.add_parser("baseline", help="serve the transformers pipeline baseline")
     base.add_argument("--port", type=int, required=True)
     args = parser.parse_args()

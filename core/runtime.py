@@ -47,8 +47,9 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 @dataclass(frozen=True)
 class Scored:
-    """Probabilities for a batch, and the tokens it held (the model runs on exactly those)."""
+    """A batch's logits, probabilities and tokens (the model ran on exactly those)."""
 
+    logits: npt.NDArray[np.float32]
     probabilities: npt.NDArray[np.float32]
     tokens: int
 
@@ -76,7 +77,7 @@ class Classifier:
     def score(self, texts: Sequence[str]) -> Scored:
         """Class probabilities, one row per text, in input order."""
         logits, tokens = self._run(texts)
-        return Scored(softmax(logits), tokens)
+        return Scored(logits, softmax(logits), tokens)
 
     def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int]:
         if not texts:

@@ -1,26 +1,21 @@
 """The admin API: examples (intake, paging, correction, deletion), retrain jobs, versions.
 
 These endpoints change what the service does, so they sit behind a bearer
-token (`service.guards.AdminRoutes`). They form a small Starlette router in
-front of BentoML: BentoML's own APIs have no path parameters. Every write
-commits before the answer is sent; a refused request stores nothing; an
-unexpected error answers a JSON 500 with a request id that the log repeats.
+token, checked before any body is read (`service.guards.ApiRoutes`); the
+`HTTPBearer` dependency here documents that scheme in /docs.json. Handlers
+are plain functions, which FastAPI runs in a thread pool: database work
+never blocks the event loop. Every write commits before the answer is sent,
+and a refused request stores nothing.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import uuid
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from fastapi import APIRouter, Body, Path, Query, Request, Security
+from fastapi.security import HTTPBearer
+from pydantic import BeforeValidator
 
 from core import registry
 from core.text import EVAL_FRACTION, in_eval_split
@@ -40,58 +35,39 @@ from service.admin_schemas import (
     RetrainRequest,
     VersionOut,
 )
+from service.docs import error_responses
+from service.errors import ErrorDetail, RefusedError
 from service.settings import Settings
 from store import Store, examples, jobs, versions
 from store.examples import StoredExample
 
-log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
 MAX_PAGE = 1000
+LIST_PARAMS = frozenset({"label", "source", "since", "cursor", "limit"})
+# Documents the scheme; the token itself is checked before the body is read.
+bearer = HTTPBearer(
+    scheme_name="adminToken", auto_error=False, description="The ADMIN_TOKEN setting."
+)
+MAX_ID = 2**63 - 1  # the databases' integer
+Reason = Annotated[str | None, Query(max_length=500, description="Kept with the deleted rows.")]
+ExampleId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="The example's id (GET /examples lists them).")
+]
 
 
-class RefusedError(Exception):
-    """A request we answer with a 4xx: the message says what to change."""
-
-    def __init__(
-        self, status: int, message: str, details: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.details = status, message, details
-
-
-def _error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
-    if details:
-        body["details"] = details
-    return JSONResponse(body, status_code=status)
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _validate(model: type[M], payload: Any) -> M:
+def _iso_time(value: object) -> object:
+    """pydantic would read '0.5' as a Unix time; the documented format is ISO 8601."""
     try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        details = [{"loc": _location(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:50]]
-        summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
-        raise RefusedError(422, f"invalid request: {summary}", details) from exc
+        float(str(value))
+    except ValueError:
+        return value
+    raise ValueError("since must be an ISO 8601 time, e.g. 2026-11-23T12:00:00Z")
 
 
-async def _body(request: Request, model: type[M]) -> M:
-    try:
-        payload = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RefusedError(400, f"body is not valid JSON: {exc}") from exc
-    return _validate(model, payload)
-
-
-def _json(model: BaseModel, status: int = 200) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+Since = Annotated[
+    datetime | None,
+    BeforeValidator(_iso_time),
+    Query(description="Only examples changed at or after this ISO 8601 time."),
+]
 
 
 def _example_out(example: StoredExample) -> ExampleOut:
@@ -100,70 +76,64 @@ def _example_out(example: StoredExample) -> ExampleOut:
     )
 
 
-def _int_param(request: Request, name: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise RefusedError(422, f"{name} must be an integer, got {value!r}") from exc
-
-
-def handler(work: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    """Run a route: 4xx for RefusedError, a logged JSON 500 with a request id for the rest."""
-
-    async def route(request: Request) -> Response:
-        try:
-            response: Response = await work(request)
-            return response
-        except RefusedError as exc:
-            return _error(exc.status, exc.message, exc.details)
-        except Exception:
-            request_id = uuid.uuid4().hex[:12]
-            log.exception(
-                "request_id=%s %s %s failed", request_id, request.method, request.url.path
-            )
-            return _error(
-                500, f"internal error (request_id {request_id}); the server log has the details"
-            )
-
-    return route
+def _not_found(example_id: int) -> RefusedError:
+    return RefusedError(404, f"no example {example_id}; GET /examples lists them")
 
 
 class AdminApi:
-    """Request handlers; database work runs in a thread, not on the event loop."""
+    """The admin routes over one store; `router` is what the service mounts."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.router = Router(
-            routes=[
-                Route("/examples", handler(self.add_examples), methods=["POST"]),
-                Route("/examples", handler(self.list_examples), methods=["GET"]),
-                Route("/examples", handler(self.delete_source), methods=["DELETE"]),
-                Route("/examples/{id}", handler(self.get_example), methods=["GET"]),
-                Route("/examples/{id}", handler(self.relabel), methods=["PATCH"]),
-                Route("/examples/{id}", handler(self.delete_example), methods=["DELETE"]),
-                Route("/retrain", handler(self.retrain), methods=["POST"]),
-                Route("/jobs", handler(self.list_jobs), methods=["GET"]),
-                Route("/jobs/{job_id}", handler(self.get_job), methods=["GET"]),
-                Route("/models", handler(self.list_models), methods=["GET"]),
-                Route("/models/{version:path}/activate", handler(self.activate), methods=["POST"]),
-            ]
+        self.router = APIRouter(
+            tags=["admin"],
+            dependencies=[Security(bearer)],
+            responses=error_responses(400, 401, 403, 413, 415, 422, 500),
+        )
+        add = self.router.add_api_route
+        add("/examples", self.add_examples, methods=["POST"], responses=error_responses(409))
+        add("/examples", self.list_examples, methods=["GET"])
+        add("/examples", self.delete_source, methods=["DELETE"])
+        one = "/examples/{example_id}"
+        add(one, self.get_example, methods=["GET"], responses=error_responses(404))
+        add(one, self.relabel, methods=["PATCH"], responses=error_responses(404, 409))
+        add(one, self.delete_example, methods=["DELETE"], responses=error_responses(404))
+        add(
+            "/retrain",
+            self.retrain,
+            methods=["POST"],
+            status_code=202,
+            responses=error_responses(409),
+        )
+        add("/jobs", self.list_jobs, methods=["GET"])
+        add("/jobs/{job_id}", self.get_job, methods=["GET"], responses=error_responses(404))
+        add("/models", self.list_models, methods=["GET"])
+        add(
+            "/models/{version:path}/activate",
+            self.activate,
+            methods=["POST"],
+            responses=error_responses(404),
         )
 
     # --- label policy ---------------------------------------------------------
-    def _unknown_labels(self, labels: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """(location, label) pairs whose label the active model does not know."""
+    def _unknown_labels(self, labels: list[tuple[str, str]]) -> list[ErrorDetail]:
+        """Problems for the (location, label) pairs whose label the active model does not know.
+
+        A 409, not a 422: the request is valid as written; it conflicts with the
+        active model's label set, and `allow_new_labels` (or another model) resolves it.
+        """
         with self.store.transaction() as tx:
             active = versions.active_tag(tx, self.settings.model_name)
         if active is None:
             return []
         known = set(registry.get(active).labels)
         return [
-            {
-                "loc": loc,
-                "msg": f"label {label!r} is not one of {', '.join(sorted(known))}; "
+            ErrorDetail(
+                loc=loc,
+                msg=f"label {label!r} is not one of {', '.join(sorted(known))}; "
                 "fix it, or send allow_new_labels: true to add a label",
-            }
+            )
             for loc, label in labels
             if label not in known
         ]
@@ -175,7 +145,7 @@ class AdminApi:
                 [(f"examples[{i}].label", ex.label) for i, ex in enumerate(rows)]
             )
             if problems:
-                raise RefusedError(422, f"{len(problems)} example(s) have unknown labels", problems)
+                raise RefusedError(409, f"{len(problems)} example(s) have unknown labels", problems)
         new = [examples.NewExample(e.text, e.label) for e in rows]
         try:
             with self.store.transaction() as tx:
@@ -186,7 +156,7 @@ class AdminApi:
                 )
                 job = jobs.create(tx, self.settings.model_name, job_params) if job_params else None
         except examples.ConflictError as exc:
-            details = [{"loc": loc, "msg": msg} for loc, msg in exc.problems]
+            details = [ErrorDetail(loc=loc, msg=msg) for loc, msg in exc.problems]
             raise RefusedError(
                 409, "examples conflict with stored ones; nothing was stored", details
             ) from exc
@@ -194,141 +164,105 @@ class AdminApi:
         return intake if job is None else RetrainOut(job_id=job.id, intake=intake)
 
     # --- examples -------------------------------------------------------------
-    async def add_examples(self, request: Request) -> Response:
-        body = await _body(request, Intake)
-        return _json(await run_in_threadpool(self._store, body, None))
+    def add_examples(self, body: Intake) -> IntakeOut:
+        """Store labeled examples; a 2xx means committed. Nothing is stored on a 4xx."""
+        out: IntakeOut = self._store(body, None)
+        return out
 
-    async def list_examples(self, request: Request) -> Response:
-        q = request.query_params
-        unknown = set(q) - {"label", "source", "since", "cursor", "limit"}
+    def list_examples(
+        self,
+        request: Request,
+        label: Annotated[str | None, Query(max_length=200)] = None,
+        source: Annotated[str | None, Query(max_length=200)] = None,
+        since: Since = None,
+        cursor: Annotated[
+            int, Query(ge=0, le=MAX_ID, description="next_cursor of the last page.")
+        ] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> ExamplePage:
+        """Stored examples, oldest first, a page at a time."""
+        unknown = set(request.query_params) - LIST_PARAMS
         if unknown:
             raise RefusedError(
                 422,
                 f"unknown query parameter(s) {', '.join(sorted(unknown))}; "
-                "use label, source, since, cursor, limit",
+                f"use {', '.join(sorted(LIST_PARAMS))}",
             )
-        limit = _int_param(request, "limit", q.get("limit", "100"))
-        if not 1 <= limit <= MAX_PAGE:
-            raise RefusedError(422, f"limit must be between 1 and {MAX_PAGE}")
-        after = _int_param(request, "cursor", q.get("cursor", "0"))
-        since = None
-        if "since" in q:
-            try:
-                since = datetime.fromisoformat(q["since"])
-            except ValueError as exc:
-                raise RefusedError(
-                    422, f"since must be an ISO 8601 time, e.g. 2026-11-23T12:00:00Z: {exc}"
-                ) from exc
-
-        def read() -> ExamplePage:
-            with self.store.transaction() as tx:
-                rows = examples.page(
-                    tx,
-                    label=q.get("label"),
-                    source=q.get("source"),
-                    since=since,
-                    after_id=after,
-                    limit=limit,
-                )
-            more = len(rows) == limit
-            return ExamplePage(
-                items=[_example_out(r) for r in rows],
-                next_cursor=str(rows[-1].id) if more else None,
+        with self.store.transaction() as tx:
+            rows = examples.page(
+                tx, label=label, source=source, since=since, after_id=cursor, limit=limit
             )
+        more = len(rows) == limit
+        return ExamplePage(
+            items=[_example_out(r) for r in rows],
+            next_cursor=str(rows[-1].id) if more else None,
+        )
 
-        return _json(await run_in_threadpool(read))
+    def get_example(self, example_id: ExampleId) -> ExampleOut:
+        with self.store.transaction() as tx:
+            found = examples.get(tx, example_id)
+        if found is None:
+            raise _not_found(example_id)
+        return _example_out(found)
 
-    def _example_id(self, request: Request) -> int:
-        return _int_param(request, "example id", request.path_params["id"])
+    def relabel(self, example_id: ExampleId, body: Relabel) -> ExampleOut:
+        """Correct a label: counts as new data for the next incremental retrain."""
+        if not body.allow_new_labels:
+            problems = self._unknown_labels([("label", body.label)])
+            if problems:
+                raise RefusedError(409, problems[0].msg, problems)
+        with self.store.transaction() as tx:
+            changed = examples.relabel(tx, example_id, body.label, "api")
+        if changed is None:
+            raise _not_found(example_id)
+        return _example_out(changed)
 
-    def _not_found(self, example_id: int) -> RefusedError:
-        return RefusedError(404, f"no example {example_id}; GET /examples lists them")
+    def delete_example(self, example_id: ExampleId, reason: Reason = None) -> Deleted:
+        """Delete one example; it is kept, with the reason, for audit."""
+        with self.store.transaction() as tx:
+            gone = examples.delete_where(tx, example_id=example_id, reason=reason)
+        if not gone:
+            raise _not_found(example_id)
+        return Deleted(deleted=gone)
 
-    async def get_example(self, request: Request) -> Response:
-        example_id = self._example_id(request)
-
-        def read() -> ExampleOut:
-            with self.store.transaction() as tx:
-                found = examples.get(tx, example_id)
-            if found is None:
-                raise self._not_found(example_id)
-            return _example_out(found)
-
-        return _json(await run_in_threadpool(read))
-
-    async def relabel(self, request: Request) -> Response:
-        example_id = self._example_id(request)
-        body = await _body(request, Relabel)
-
-        def write() -> ExampleOut:
-            if not body.allow_new_labels:
-                problems = self._unknown_labels([("label", body.label)])
-                if problems:
-                    raise RefusedError(422, problems[0]["msg"], problems)
-            with self.store.transaction() as tx:
-                changed = examples.relabel(tx, example_id, body.label, "api")
-            if changed is None:
-                raise self._not_found(example_id)
-            return _example_out(changed)
-
-        return _json(await run_in_threadpool(write))
-
-    async def delete_example(self, request: Request) -> Response:
-        example_id = self._example_id(request)
-        reason = request.query_params.get("reason")
-
-        def write() -> Deleted:
-            with self.store.transaction() as tx:
-                gone = examples.delete_where(tx, example_id=example_id, reason=reason)
-            if not gone:
-                raise self._not_found(example_id)
-            return Deleted(deleted=gone)
-
-        return _json(await run_in_threadpool(write))
-
-    async def delete_source(self, request: Request) -> Response:
-        source = request.query_params.get("source")
-        if not source:
-            raise RefusedError(
-                422,
-                "DELETE /examples needs ?source=NAME (a whole batch); "
-                "delete one example with DELETE /examples/{id}",
-            )
-        reason = request.query_params.get("reason")
-
-        def write() -> Deleted:
-            with self.store.transaction() as tx:
-                return Deleted(deleted=examples.delete_where(tx, source=source, reason=reason))
-
-        return _json(await run_in_threadpool(write))
+    def delete_source(
+        self,
+        source: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=200,
+                description="The batch to delete; one example: DELETE /examples/{id}.",
+            ),
+        ],
+        reason: Reason = None,
+    ) -> Deleted:
+        """Delete every example of one source (a bad batch), kept for audit."""
+        with self.store.transaction() as tx:
+            return Deleted(deleted=examples.delete_where(tx, source=source, reason=reason))
 
     # --- jobs -----------------------------------------------------------------
-    async def retrain(self, request: Request) -> Response:
-        body = await _body(request, RetrainRequest)
+    def retrain(self, body: Annotated[RetrainRequest | None, Body()] = None) -> RetrainOut:
+        """Queue a retrain (optionally storing examples first); poll GET /jobs/{job_id}."""
+        body = body or RetrainRequest()
         params = {"mode": body.mode, "training": body.training_overrides()}
-        return _json(await run_in_threadpool(self._store, body, params), status=202)
+        out: RetrainOut = self._store(body, params)
+        return out
 
-    async def list_jobs(self, request: Request) -> Response:
-        def read() -> JobList:
-            with self.store.transaction() as tx:
-                return JobList(jobs=[JobOut.of(j) for j in jobs.recent(tx)])
+    def list_jobs(self) -> JobList:
+        with self.store.transaction() as tx:
+            return JobList(jobs=[JobOut.of(j) for j in jobs.recent(tx)])
 
-        return _json(await run_in_threadpool(read))
-
-    async def get_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
-
-        def read() -> JobOut:
-            with self.store.transaction() as tx:
-                job = jobs.get(tx, job_id)
-            if job is None:
-                raise RefusedError(404, f"no job {job_id!r}; GET /jobs lists them")
-            return JobOut.of(job)
-
-        return _json(await run_in_threadpool(read))
+    def get_job(self, job_id: Annotated[str, Path(max_length=100)]) -> JobOut:
+        with self.store.transaction() as tx:
+            job = jobs.get(tx, job_id)
+        if job is None:
+            raise RefusedError(404, f"no job {job_id!r}; GET /jobs lists them")
+        return JobOut.of(job)
 
     # --- versions -------------------------------------------------------------
-    def _models(self) -> ModelsOut:
+    def list_models(self) -> ModelsOut:
+        """Every version of MODEL_NAME, which one is active, and why each is where it is."""
         name = self.settings.model_name
         with self.store.transaction() as tx:
             active = versions.active_tag(tx, name)
@@ -346,32 +280,15 @@ class AdminApi:
                     reason=state.reason if state else "registered outside the service",
                     created_at=v.created,
                     labels=list(v.labels),
-                    metrics={
-                        k: evaluation.get(k)
-                        for k in ("macro_f1", "macro_recall", "accuracy", "samples")
-                    },
-                    provenance={
-                        k: v.metadata.get(k)
-                        for k in (
-                            "parent",
-                            "base_model",
-                            "precision",
-                            "data_fingerprint",
-                            "examples",
-                            "libraries",
-                            "config",
-                            "mode",
-                        )
-                    },
+                    metrics={k: evaluation.get(k) for k in VersionOut.METRICS},
+                    provenance={k: v.metadata.get(k) for k in VersionOut.PROVENANCE},
                     data_revision=state.data_revision if state else None,
                 )
             )
         return ModelsOut(model_name=name, active=active, versions=out)
 
-    async def list_models(self, request: Request) -> Response:
-        return _json(await run_in_threadpool(self._models))
-
-    def _activate(self, version: str) -> Activated:
+    def activate(self, version: Annotated[str, Path(max_length=200)]) -> Activated:
+        """Serve this version (a rollback, or a candidate's manual promotion)."""
         name = self.settings.model_name
         tag = version if ":" in version else f"{name}:{version}"
         try:
@@ -385,7 +302,3 @@ class AdminApi:
         with self.store.transaction() as tx:
             previous = versions.activate(tx, name, found.tag, "activated through the API")
         return Activated(active=found.tag, previous=previous)
-
-    async def activate(self, request: Request) -> Response:
-        version = request.path_params["version"]
-        return _json(await run_in_threadpool(self._activate, version))

@@ -7,23 +7,38 @@ stored example is always one training can use.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from core.text import clean_label, clean_text
+from core.text import MAX_LABEL_CHARS, clean_label, clean_text
+from service.schemas import NOT_A_BOOL
 from service.settings import get_settings
 from store.examples import StoredExample
 from store.jobs import Job, JobState
 
 _settings = get_settings()
 
+# The documented `pattern`: a character `str.strip` keeps, spelled out (JSON Schema's \s
+# is ECMA's, which keeps U+001C), so the schema admits exactly what `core.text` accepts;
+# `core.text` enforces it, with a message that says what is wrong.
+_STRIPPED = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+NOT_BLANK = f"[^{_STRIPPED}]"
 ExampleText = Annotated[
-    str, StringConstraints(max_length=_settings.max_text_chars), AfterValidator(clean_text)
+    str,
+    StringConstraints(max_length=_settings.max_text_chars),
+    AfterValidator(clean_text),
+    Field(json_schema_extra={"pattern": NOT_BLANK}),
 ]
-Label = Annotated[str, AfterValidator(clean_label)]
+Label = Annotated[
+    str,
+    StringConstraints(max_length=MAX_LABEL_CHARS),
+    AfterValidator(clean_label),
+    Field(json_schema_extra={"pattern": NOT_BLANK}),
+]
 Source = Annotated[str, StringConstraints(max_length=200)]
 RetrainMode = Literal["auto", "incremental", "refit"]
+# StrictBool: JSON 0 is not false (numbers: service.schemas.NOT_A_BOOL).
 
 
 class _Strict(BaseModel):
@@ -38,7 +53,7 @@ class ExampleIn(_Strict):
 class Intake(_Strict):
     examples: list[ExampleIn] = Field(min_length=1, max_length=_settings.max_examples_per_request)
     source: Source | None = None
-    allow_new_labels: bool = Field(
+    allow_new_labels: StrictBool = Field(
         False, description="Accept labels the active model does not know (the head grows)."
     )
     on_conflict: Literal["refuse", "relabel"] = Field(
@@ -58,9 +73,9 @@ class RetrainRequest(Intake):
         "it, plus replay; refit: from the base model on everything; auto: chooses.",
     )
     strategy: Literal["full", "freeze", "lora"] | None = None
-    epochs: float | None = Field(None, gt=0, le=20)
-    lr: float | None = Field(None, gt=0, lt=1)
-    batch_size: int | None = Field(None, ge=1, le=1024)
+    epochs: Annotated[float, Field(gt=0, le=20), NOT_A_BOOL] | None = None
+    lr: Annotated[float, Field(gt=0, lt=1), NOT_A_BOOL] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=1024), NOT_A_BOOL] | None = None
 
     def training_overrides(self) -> dict[str, Any]:
         fields = ("strategy", "epochs", "lr", "batch_size")
@@ -69,7 +84,7 @@ class RetrainRequest(Intake):
 
 class Relabel(_Strict):
     label: Label
-    allow_new_labels: bool = False
+    allow_new_labels: StrictBool = False
 
 
 class IntakeOut(BaseModel):
@@ -165,6 +180,18 @@ class JobList(BaseModel):
 
 
 class VersionOut(BaseModel):
+    METRICS: ClassVar[tuple[str, ...]] = ("macro_f1", "macro_recall", "accuracy", "samples")
+    PROVENANCE: ClassVar[tuple[str, ...]] = (
+        "parent",
+        "base_model",
+        "precision",
+        "data_fingerprint",
+        "examples",
+        "libraries",
+        "config",
+        "mode",
+    )
+
     tag: str
     version: str
     status: str

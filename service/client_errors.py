@@ -1,17 +1,18 @@
-"""One log line, not a traceback, for each request BentoML refuses as the client's fault.
+"""One log line, not a traceback, for each request BentoML refuses by design.
 
-BentoML logs every 4xx it raises from request validation with `logger.error(...,
-exc_info=True)`: a full pydantic/Starlette traceback per bad request, at ERROR,
-so a client that sends bad requests can flood the log and bury real errors.
-The client already got a 400 that says what was wrong; the server log needs
-one line that it happened. 5xx keep their tracebacks.
+BentoML logs every 4xx it raises from request validation, and every request
+its batching sheds under overload (503), with `logger.error(...,
+exc_info=True)`: a full traceback per request, at ERROR, so bad clients or a
+load spike flood the log and bury real errors. The client already got an
+answer that says what happened; the server log needs one line that it did.
+Other 5xx keep their tracebacks.
 """
 
 from __future__ import annotations
 
 import logging
 
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from pydantic import ValidationError
 
 # The logger of `bentoml._internal.server.http_app.log_exception`, which
@@ -25,22 +26,28 @@ def is_client_error(exc: BaseException | None) -> bool:
     return isinstance(exc, BentoMLException) and int(exc.error_code) < 500
 
 
+def _one_line(record: logging.LogRecord, what: str, reason: str, level: int) -> None:
+    record.msg = f"{record.msg}: {what}, %s"
+    record.args = (*(record.args or ()), reason)
+    record.exc_info = None
+    record.exc_text = None
+    record.levelno, record.levelname = level, logging.getLevelName(level)
+
+
 class ClientErrorsInOneLine(logging.Filter):
-    """Rewrites a client-error record to INFO with the reason, without the traceback."""
+    """Rewrites a client-error record to INFO (a shed request to WARNING), without the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if is_client_error(exc):
+        if isinstance(exc, ServiceUnavailable):
+            _one_line(record, "shed", str(exc).splitlines()[0], logging.WARNING)
+        elif is_client_error(exc):
             reason = (
                 f"{exc.error_count()} validation error(s)"
                 if isinstance(exc, ValidationError)
                 else str(exc).splitlines()[0]
             )
-            record.msg = f"{record.msg}: client error, %s"
-            record.args = (*(record.args or ()), reason)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            _one_line(record, "client error", reason, logging.INFO)
         return True
 
 

@@ -1,7 +1,9 @@
-"""The ASGI middlewares in front of BentoML, outermost first.
+"""The ASGI middlewares in front of BentoML, outermost first (after `errors.ErrorBoundary`).
 
-* `AdminRoutes` sends admin paths, after the bearer-token check and before any
-  body is read, to the admin router; everything else goes on.
+* `ApiRoutes` sends the paths of our FastAPI app (admin, Hugging Face, Open
+  Inference Protocol) there, admin ones after the bearer-token check and
+  before any body is read, and answers /docs.json for the whole surface;
+  everything else goes on to BentoML.
 * `RequestGuard` refuses a wrong content type (415) and a body over the cap
   (413) while reading it: BentoML would read a whole body into memory first.
 * `ModelGate` answers /predict with 503 and what to do while no model is
@@ -14,32 +16,29 @@ import hmac
 import json
 from collections.abc import Callable
 
-import bentoml
+from fastapi import FastAPI
 from starlette.datastructures import Headers
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api import ALSO_ALLOWED
+from service.dataplane import DataPlane, call, no_model_message, served_model
+from service.docs import merged_openapi
+from service.errors import JSON_MEDIA_TYPE, send_json_error
+from service.protocols.v2_binary import BinaryRequests
+from service.schemas import PREDICT_ROUTE
 from service.settings import get_settings
 
-JSON_MEDIA_TYPE = "application/json"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-PREDICT_ROUTE = "/predict"
 ADMIN_PREFIXES = ("/examples", "/retrain", "/jobs", "/models")
-
-
-async def send_json_error(send: Send, status: int, message: str) -> None:
-    """Answer with `{"error": message}`, the same shape as BentoML's own error bodies."""
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", JSON_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+V2_PREFIX = "/v2"
+DOCS_ROUTE = "/docs.json"
+BENTOML_ROUTES = frozenset({PREDICT_ROUTE, "/livez", "/readyz", "/healthz", "/metrics"})
+# BentoML's index page shares "/" with our Hugging Face route (POST).
+BENTOML_SHARED = frozenset({("/", "GET"), ("/", "HEAD")})
+JSON_ONLY = frozenset({JSON_MEDIA_TYPE})
+# tritonclient sends JSON without a Content-Type, and binary tensors as octet-stream.
+V2_MEDIA_TYPES = frozenset({JSON_MEDIA_TYPE, "", "application/octet-stream"})
 
 
 class RequestGuard:
@@ -51,11 +50,16 @@ class RequestGuard:
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, limit_name: str = "MAX_BODY_BYTES"
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        limit_name: str = "MAX_BODY_BYTES",
+        media_types: frozenset[str] = JSON_ONLY,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.limit_name = limit_name
+        self.media_types = media_types
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -67,7 +71,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != JSON_MEDIA_TYPE:
+        if media_type not in self.media_types:
             await send_json_error(
                 send,
                 415,
@@ -136,62 +140,108 @@ class ModelGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE:
-            service = bentoml.get_current_service()
-            if service is None or not service.holder.ready:
-                settings = get_settings()
-                await send_json_error(
-                    send,
-                    503,
-                    f"no version of model {settings.model_name!r} is loaded yet: train one with "
-                    f"`make serve` (first run) or `python -m training fit --data FILE.csv "
-                    f"--name {settings.model_name}`; every worker picks it up within "
-                    f"{settings.model_poll_seconds:g} s",
-                )
-                return
+        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE and served_model() is None:
+            await send_json_error(send, 503, no_model_message())
+            return
         await self.app(scope, receive, send)
 
 
-class AdminRoutes:
-    """Admin paths go to the admin router (after auth and body limits), others on.
+def admin_refusal(scope: Scope) -> tuple[int, str] | None:
+    """Why an admin request may not go on (status, message), or None when its token is right."""
+    token = get_settings().admin_token
+    if token is None:
+        return 403, (
+            "admin endpoints are disabled: set the ADMIN_TOKEN environment variable "
+            "(at least 16 characters) and restart the service"
+        )
+    header = Headers(scope=scope).get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    ):
+        return 401, "missing or wrong admin token: send 'Authorization: Bearer $ADMIN_TOKEN'"
+    return None
 
-    Added outermost, so an unauthenticated request is refused before its body is read.
+
+class ApiRoutes:
+    """Our FastAPI routes (admin, protocols) and /docs.json in front of BentoML's.
+
+    A request goes to our app when one of its routes matches its path (a
+    wrong method is then our 405, whose Allow also names BentoML's methods on
+    a shared path); the rest goes on to BentoML. Admin requests are refused
+    before their body is read when the token is wrong. Each family has its own
+    body guard: admin uploads have a larger cap, and V2 clients send JSON
+    without a Content-Type or binary tensors. Added outermost (after the error
+    boundary).
     """
 
-    def __init__(self, app: ASGIApp, router_factory: Callable[[], ASGIApp]) -> None:
+    def __init__(self, app: ASGIApp, api_factory: Callable[[DataPlane], FastAPI]) -> None:
         self.app = app
-        self.settings = get_settings()
-        self.router_factory = router_factory
-        self._api: ASGIApp | None = None
+        self.api_factory = api_factory
+        self._api: FastAPI | None = None
+        self._guards: list[tuple[tuple[str, ...], ASGIApp]] = []
 
-    def _admin_app(self) -> ASGIApp:
+    def _ensure_api(self) -> FastAPI:
         if self._api is None:
-            self._api = RequestGuard(
-                self.router_factory(), self.settings.max_admin_body_bytes, "MAX_ADMIN_BODY_BYTES"
-            )
+            settings = get_settings()
+            api = self.api_factory(DataPlane(self.app))
+            self._guards = [
+                (
+                    ADMIN_PREFIXES,
+                    RequestGuard(api, settings.max_admin_body_bytes, "MAX_ADMIN_BODY_BYTES"),
+                ),
+                (
+                    (V2_PREFIX,),
+                    RequestGuard(
+                        BinaryRequests(api),
+                        settings.max_body_bytes,
+                        media_types=V2_MEDIA_TYPES,
+                    ),
+                ),
+                (("/",), RequestGuard(api, settings.max_body_bytes)),
+            ]
+            self._api = api
         return self._api
 
+    def _ours(self, scope: Scope) -> bool:
+        """Whether our app answers: a route matches, or matches the path with another method."""
+        if scope["path"] in BENTOML_ROUTES or (scope["path"], scope["method"]) in BENTOML_SHARED:
+            return False  # the predict path pays no route matching
+        matches = [route.matches(scope)[0] for route in self._ensure_api().router.routes]
+        return Match.FULL in matches or Match.PARTIAL in matches
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(ADMIN_PREFIXES):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = self.settings.admin_token
-        if token is None:
-            await send_json_error(
-                send,
-                403,
-                "admin endpoints are disabled: set the ADMIN_TOKEN environment variable "
-                "(at least 16 characters) and restart the service",
-            )
+        path: str = scope["path"]
+        if path == DOCS_ROUTE and scope["method"] == "GET":
+            await self._docs(scope, send)
             return
-        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.get_secret_value().encode()
-        ):
-            await send_json_error(
-                send, 401, "missing or wrong admin token: send 'Authorization: Bearer $ADMIN_TOKEN'"
-            )
+        if not self._ours(scope):
+            await self.app(scope, receive, send)
             return
-        await self._admin_app()(scope, receive, send)
+        if path.startswith(ADMIN_PREFIXES):
+            refusal = admin_refusal(scope)
+            if refusal is not None:
+                await send_json_error(send, *refusal)
+                return
+        guard = next(g for prefixes, g in self._guards if path.startswith(prefixes))
+        also = [m for p, m in BENTOML_SHARED if p == path]
+        await guard({**scope, ALSO_ALLOWED: also}, receive, send)
+
+    async def _docs(self, scope: Scope, send: Send) -> None:
+        answer = await call(self.app, scope, "GET", DOCS_ROUTE)
+        spec = merged_openapi(json.loads(answer.body), self._ensure_api())
+        body = json.dumps(spec).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", JSON_MEDIA_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

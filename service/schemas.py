@@ -11,13 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
-import numpy as np
-import numpy.typing as npt
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, BeforeValidator, Field, StrictStr
 
+from core.runtime import Scored
 from service.settings import get_settings
 
 _settings = get_settings()
+PREDICT_ROUTE = "/predict"
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not true/false")
+    return value
+
+
+# JSON numbers as JSON Schema reads them: 588.0 is an integer, true is no number
+# (pydantic's lax mode takes true as 1; its strict mode refuses 588.0). Put it after
+# the number's Field constraints, or they leave the documented schema.
+NOT_A_BOOL = BeforeValidator(_not_a_bool)
 
 Text = Annotated[StrictStr, Field(min_length=1, max_length=_settings.max_text_chars)]
 Texts = Annotated[
@@ -37,20 +49,22 @@ class Prediction(BaseModel):
     label: str = Field(description="The most probable label.")
     score: float = Field(description="Probability of `label`.")
     scores: dict[str, float] = Field(description="Probability of every label.")
+    logits: dict[str, float] = Field(
+        description="The model's raw output per label; `scores` is their softmax."
+    )
     model_version: str = Field(description="The model version that scored this text.")
 
 
-def predictions(
-    probabilities: npt.NDArray[np.float32], labels: Sequence[str], model_version: str
-) -> list[Prediction]:
-    """One Prediction per row of `probabilities` (columns in the order of `labels`)."""
-    winners = probabilities.argmax(axis=1)
+def predictions(scored: Scored, labels: Sequence[str], model_version: str) -> list[Prediction]:
+    """One Prediction per text of `scored` (columns in the order of `labels`)."""
+    winners = scored.probabilities.argmax(axis=1)
     return [
         Prediction(
             label=labels[best],
             score=float(row[best]),
             scores=dict(zip(labels, map(float, row), strict=True)),
+            logits=dict(zip(labels, map(float, raw), strict=True)),
             model_version=model_version,
         )
-        for row, best in zip(probabilities, winners, strict=True)
+        for row, raw, best in zip(scored.probabilities, scored.logits, winners, strict=True)
     ]

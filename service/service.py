@@ -21,14 +21,15 @@ from typing import cast
 
 import bentoml
 
-from service.admin import AdminApi
+from service.api import build_api
 from service.batching import dispatch_without_learned_wait
 from service.client_errors import log_client_errors_in_one_line
-from service.guards import PREDICT_ROUTE, AdminRoutes, ModelGate, RequestGuard
+from service.errors import ErrorBoundary
+from service.guards import ApiRoutes, ModelGate, RequestGuard
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
 from service.runner import JobRunner, make_backend
-from service.schemas import Prediction, Texts, predictions
+from service.schemas import PREDICT_ROUTE, Prediction, Texts, predictions
 from service.settings import get_settings
 from store import examples, open_store
 
@@ -103,7 +104,7 @@ class TextClassifier:
         scored = loaded.classifier.score(texts)
         seconds = time.perf_counter() - start
         version = loaded.version.version
-        answers = predictions(scored.probabilities, loaded.version.labels, version)
+        answers = predictions(scored, loaded.version.labels, version)
         self.metrics.observe_batch(
             version,
             [a.label for a in answers],
@@ -117,11 +118,15 @@ class TextClassifier:
 # `@bentoml.service` returns a Service, but mypy sees the bare class: the package
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
-# Outermost first: size and content type are checked before the model gate.
-# Admin paths are answered (after auth) before the predict guards see them.
+# Outermost first: any exception is a prompt JSON 500; our routes (admin after
+# auth, the protocols) are answered before the predict guards see them; size
+# and content type are checked before the model gate.
+_service.add_asgi_middleware(ErrorBoundary)
 _service.add_asgi_middleware(
-    AdminRoutes,
-    router_factory=lambda: AdminApi(open_store(settings.resolved_database_url), settings).router,
+    ApiRoutes,
+    api_factory=lambda plane: build_api(
+        open_store(settings.resolved_database_url), settings, plane
+    ),
 )
 _service.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
 _service.add_asgi_middleware(ModelGate)

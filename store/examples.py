@@ -28,6 +28,8 @@ _IN_CHUNK = 500  # bound parameters per IN (...) query
 
 class ExampleRow(Base):
     __tablename__ = "examples"
+    # An id is never handed out twice, even after its row is deleted (migration 0003).
+    __table_args__ = ({"sqlite_autoincrement": True},)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     text_hash: Mapped[str] = mapped_column(String(64), unique=True)
     text: Mapped[str] = mapped_column(Text)
@@ -51,6 +53,8 @@ class ChangeRow(Base):
 
 
 class DeletedExampleRow(Base):
+    """A deleted example as it was; keyed by (id, revision), so reused ids stay auditable."""
+
     __tablename__ = "deleted_examples"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     text: Mapped[str] = mapped_column(Text)
@@ -58,7 +62,7 @@ class DeletedExampleRow(Base):
     source: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revision: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     reason: Mapped[str | None] = mapped_column(Text)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.helpers import mixed_texts
@@ -15,8 +16,12 @@ def test_one_text_gets_one_answer_with_label_scores_and_version(
 
     assert response.status_code == 200
     [answer] = response.json()
-    assert set(answer) == {"label", "score", "scores", "model_version"}
+    assert set(answer) == {"label", "score", "scores", "logits", "model_version"}
     assert set(answer["scores"]) == {"negative", "neutral", "positive"}
+    assert list(answer["logits"]) == list(answer["scores"])
+    logits = np.array(list(answer["logits"].values()))
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert list(answer["scores"].values()) == pytest.approx(softmax.tolist(), abs=1e-6)
     assert sum(answer["scores"].values()) == pytest.approx(1.0, abs=1e-5)
     assert answer["label"] == max(answer["scores"], key=answer["scores"].get)
     assert answer["score"] == answer["scores"][answer["label"]]

@@ -27,3 +27,23 @@ def test_default_threads_share_the_cores_evenly() -> None:
 def test_a_short_admin_token_is_refused_with_how_to_make_one() -> None:
     with pytest.raises(ValidationError, match=r"at least 16 characters.*secrets.token_urlsafe"):
         Settings(admin_token="short")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("ADMIN_TOKEN", "s3cr3t-Xq9", "at least 16 characters"),
+        ("MODEL_POLL_SECONDS", "pw-Zk42-9x9q", "model_poll_seconds"),
+    ],
+)
+def test_a_refused_setting_never_prints_its_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    """A refused value may be a secret (a token, a URL's password): the error names the field."""
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+
+    assert says in str(refused.value)
+    assert value not in str(refused.value) and value[-4:] not in str(refused.value)

@@ -156,3 +156,18 @@ def test_many_processes_can_create_the_schema_at_once(database_url: str) -> None
     assert [worker.exitcode for worker in workers] == [0] * 8
     with Store(database_url).transaction() as tx:
         assert examples.count(tx) == 0
+
+
+def test_an_id_is_never_handed_out_again_after_its_example_is_deleted(store: Store) -> None:
+    """A labeling tool keeps our ids: one must never come to name another example."""
+    add(store, [("first", "pos"), ("second", "neg")])
+    with store.transaction() as tx:
+        newest = max(r.id for r in examples.page(tx, after_id=0, limit=10))
+        assert examples.delete_where(tx, example_id=newest, reason="typo") == 1
+    add(store, [("third", "pos")])
+    with store.transaction() as tx:
+        [third] = examples.page(tx, after_id=newest, limit=10)
+        assert third.text == "third" and third.id > newest
+        assert examples.delete_where(tx, example_id=third.id, reason="typo") == 1
+        audited = tx.scalars(select(DeletedExampleRow.text)).all()
+    assert sorted(audited) == ["second", "third"]

@@ -1,0 +1,121 @@
+"""Our FastAPI app: the admin API and the two inference protocols, with one error shape.
+
+FastAPI validates requests against the pydantic models, runs plain handlers
+in a thread pool and documents every route; the handlers below make each
+refusal an `ErrorBody`: a `RefusedError` keeps its status, a request that
+does not match its model is a 422 naming each problem (400 when the body is
+not JSON at all), and Starlette's own 404/405 say what to do. `ApiRoutes`
+(`service.guards`) puts this app in front of BentoML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import Scope
+
+from service.admin import AdminApi
+from service.dataplane import DataPlane
+from service.errors import (
+    ErrorBody,
+    ErrorDetail,
+    RefusedError,
+    internal_error_message,
+    log_failure,
+    new_request_id,
+)
+from service.protocols import hf, v2
+from service.settings import Settings
+from store import Store
+
+MAX_DETAILS = 50
+# Methods BentoML serves on a path we share ("/": its index page), for our 405's Allow.
+ALSO_ALLOWED = "selftune.also_allowed"
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """pydantic's ('body', 'examples', 3, 'label') as 'examples[3].label'."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _answer(status: int, body: ErrorBody) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+
+
+async def _refused(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RefusedError)
+    return _answer(exc.status, exc.body())
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors: list[dict[str, Any]] = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _answer(400, ErrorBody(error="body is not valid JSON"))
+    details = [ErrorDetail(loc=_location(tuple(e["loc"])), msg=e["msg"]) for e in errors]
+    summary = "; ".join(f"{d.loc}: {d.msg}" for d in details[:5])
+    return _answer(
+        422, ErrorBody(error=f"invalid request: {summary}", details=details[:MAX_DETAILS])
+    )
+
+
+def allowed_methods(api: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `api` takes on this request's path."""
+    return [
+        method
+        for method in METHODS
+        if any(r.matches({**scope, "method": method})[0] == Match.FULL for r in api.router.routes)
+    ]
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.app, request.scope) + request.scope.get(ALSO_ALLOWED, [])
+        message = f"{request.method} is not allowed on {path}; use {', '.join(sorted(allowed))}"
+        response = _answer(405, ErrorBody(error=message))
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+    if exc.status_code == 404:
+        return _answer(404, ErrorBody(error=f"no route {path}; /docs.json lists every route"))
+    return _answer(exc.status_code, ErrorBody(error=str(exc.detail)))
+
+
+async def _failed(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unexpected: one logged traceback, and a JSON 500 naming its request id."""
+    request_id = new_request_id()
+    log_failure(request_id, request.scope)
+    return _answer(500, ErrorBody(error=internal_error_message(request_id)))
+
+
+def build_api(store: Store, settings: Settings, plane: DataPlane) -> FastAPI:
+    """The app `ApiRoutes` serves; `plane` is the scoring path behind it (BentoML's /predict)."""
+    api = FastAPI(
+        title="selftune",
+        description="A text classifier that fine-tunes itself: predict, the Hugging Face and "
+        "Open Inference Protocol shapes, and the admin API (examples, retraining, versions).",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers={
+            RefusedError: _refused,
+            RequestValidationError: _invalid,
+            HTTPException: _http,
+            Exception: _failed,
+        },
+    )
+    api.state.dataplane = plane
+    api.include_router(hf.router)
+    api.include_router(v2.build_router(plane))
+    api.include_router(AdminApi(store, settings).router)
+    return api

@@ -1,0 +1,96 @@
+"""One OpenAPI document for the whole HTTP surface, served at /docs.json.
+
+BentoML documents its own routes (/predict and the health and metrics
+endpoints) and FastAPI documents ours (admin, Hugging Face, Open Inference
+Protocol); BentoML's spec model cannot carry parameters or security schemes,
+so instead of mounting our app into BentoML's document we merge the two
+here. /predict's error responses are replaced with the bodies it really
+sends: BentoML documents `detail` as a string and sends a list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from service.errors import ErrorBody
+
+WHY = {
+    400: "The request breaks the protocol's rules; the message says which.",
+    401: "Missing or wrong admin token: send 'Authorization: Bearer $ADMIN_TOKEN'.",
+    403: "Admin endpoints are disabled: ADMIN_TOKEN is not set.",
+    404: "No such resource; the message says where to list them.",
+    409: "Conflicts with stored examples or the active model's labels; nothing was stored.",
+    413: "The body is over the byte cap (MAX_BODY_BYTES / MAX_ADMIN_BODY_BYTES).",
+    415: "The body is not declared as JSON.",
+    422: "The request is well-formed but invalid; `details` names each problem.",
+    500: "An internal error; the message carries the request id the server log repeats.",
+    503: "No model version is loaded yet, or the service is overloaded: retry later.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` entries: each status answers an `ErrorBody`."""
+    return {status: {"model": ErrorBody, "description": WHY[status]} for status in statuses}
+
+
+class BentoMLValidationError(BaseModel):
+    """What BentoML answers when /predict's body does not match its schema."""
+
+    error: str
+    detail: list[dict[str, Any]] = Field(description="pydantic's errors, one per problem.")
+
+
+def _schema_ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_response(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _schema_ref(schema)}},
+    }
+
+
+def _predict_errors() -> dict[str, Any]:
+    errors = {
+        str(status): _json_response(WHY[status], "ErrorBody") for status in (413, 415, 500, 503)
+    }
+    errors["400"] = _json_response(
+        "The body does not match the schema (BentoML's validation).", "BentoMLValidationError"
+    )
+    return errors
+
+
+def merged_openapi(bentoml_spec: dict[str, Any], api: FastAPI) -> dict[str, Any]:
+    """BentoML's document for its routes, plus every route of `api`, in one OpenAPI 3.1."""
+    ours = get_openapi(
+        title=bentoml_spec.get("info", {}).get("title", "selftune"),
+        version=api.version,
+        description=api.description,
+        routes=api.routes,
+    )
+    paths = dict(bentoml_spec.get("paths", {}))
+    for item in paths.values():
+        post = item.get("post")
+        if post and "x-bentoml-name" in post:  # an API of ours served by BentoML: /predict
+            post["responses"] = {"200": post["responses"]["200"], **_predict_errors()}
+            post["requestBody"]["required"] = True
+    for path, item in ours["paths"].items():
+        paths[path] = {**paths.get(path, {}), **item}
+    paths["/"]["get"] = {
+        "tags": ["Service APIs"],
+        "summary": "This page's interactive form (BentoML's index)",
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+    }
+    components = ours.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.update(bentoml_spec.get("components", {}).get("schemas", {}))
+    for model in (ErrorBody, BentoMLValidationError):
+        extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(extra.pop("$defs", {}))
+        schemas[model.__name__] = extra
+    return {**ours, "paths": paths, "tags": bentoml_spec.get("tags", []) + ours.get("tags", [])}

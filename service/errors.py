@@ -1,0 +1,160 @@
+"""Error bodies and the boundary that keeps every failure a prompt, logged JSON answer.
+
+Every error this service sends has one shape, `{"error": message}` (plus
+`details` for row-level problems), whatever route or protocol raised it: the
+Open Inference Protocol asks for exactly that, and BentoML's own bodies
+already look like it. `ErrorBoundary` sits outside our other middlewares: an
+exception nothing else handled is logged once, with a request id, and
+answered at once with a JSON 500 naming that id, instead of reaching no
+`send` (BentoML's timeout middleware would then hold the client for
+REQUEST_TIMEOUT_S and answer a bare 500). Error answers without a JSON body
+(the routers' plain-text 404 and 405) get one, and BentoML's own generic 500
+names the request id its log line carries (its span id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from http import HTTPStatus
+
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+JSON_MEDIA_TYPE = "application/json"
+log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    loc: str = Field(description="Where in the request, e.g. examples[3].label.")
+    msg: str = Field(description="What is wrong there.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong and what to do about it."""
+
+    error: str = Field(description="What is wrong, and what to change.")
+    details: list[ErrorDetail] | None = Field(
+        None, description="One entry per problem, for requests with several."
+    )
+
+
+class RefusedError(Exception):
+    """A request we answer with a 4xx (or a 503): the message says what to change."""
+
+    def __init__(self, status: int, message: str, details: list[ErrorDetail] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=self.message, details=self.details)
+
+
+def error_bytes(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+async def send_json_error(send: Send, status: int, message: str) -> None:
+    """Answer with `{"error": message}` straight from an ASGI middleware."""
+    body = error_bytes(message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def internal_error_message(request_id: str) -> str:
+    return f"internal error (request_id {request_id}); the server log has the details"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def log_failure(request_id: str, scope: Scope) -> None:
+    """The one traceback of a failed request, with the id its answer names."""
+    log.exception("request_id=%s %s %s failed", request_id, scope["method"], scope["path"])
+
+
+def _json_error_for(scope: Scope, start: Message) -> bytes | None:
+    """The JSON body to send instead of an error answer that has none of its own, or None.
+
+    BentoML's and Starlette's routers answer unknown paths and methods in plain
+    text, and BentoML's 500 and 503 say only "unexpected error, check the server log".
+    """
+    status: int = start["status"]
+    headers = dict(start.get("headers", []))
+    if status < 400:
+        return None
+    request_id = headers.get(b"x-bentoml-request-id", b"").decode("latin-1")
+    if status == 500 and request_id:
+        return error_bytes(internal_error_message(request_id))
+    if status == 503 and request_id:  # BentoML's batching shed it: says "unexpected error"
+        return error_bytes(
+            "the service is overloaded and shed this request (its wait would pass "
+            "MAX_LATENCY_MS); retry after a short backoff"
+        )
+    if headers.get(b"content-type", b"").startswith(JSON_MEDIA_TYPE.encode()):
+        return None
+    path, method = scope["path"], scope["method"]
+    message = {
+        404: f"no route {path}; /docs.json lists every route",
+        405: f"{method} is not allowed on {path}; /docs.json lists the methods",
+    }.get(status, HTTPStatus(status).phrase)
+    return error_bytes(message)
+
+
+class ErrorBoundary:
+    """Answer any exception that escapes the app with a logged JSON 500 and a request id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        replacing = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, replacing
+            if message["type"] == "http.response.start":
+                started = True
+                replacement = _json_error_for(scope, message)
+                if replacement is not None:
+                    replacing = True
+                    headers = [
+                        (k, v)
+                        for k, v in message.get("headers", [])
+                        if k not in (b"content-length", b"content-type")
+                    ]
+                    headers += [
+                        (b"content-type", JSON_MEDIA_TYPE.encode()),
+                        (b"content-length", str(len(replacement)).encode()),
+                    ]
+                    await send({**message, "headers": headers})
+                    await send({"type": "http.response.body", "body": replacement})
+                    return
+            if replacing:
+                return  # the original body, already replaced
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            if started:
+                # Answered already: Starlette re-raises after its 500 handler (ours, in
+                # service.api) has answered and logged, so this would log it twice.
+                return
+            request_id = new_request_id()
+            log_failure(request_id, scope)
+            await send_json_error(send, 500, internal_error_message(request_id))
