@@ -17,37 +17,44 @@ them); predict p50/p99 idle and during, failed requests (any non-200); macro-F1 
 the setup version (before) and of the one active after, on held-out topic tweets
 (validation.csv, topped up with unposted train.csv ones under 50) and on the rest
 of validation.csv. Retrain settings come from the environment (REFIT_EPOCHS,
-INCREMENTAL_EPOCHS, REPLAY_*, GATE_*, RETRAIN_THREADS, WORKERS...). Prints a
+INCREMENTAL_EPOCHS, REPLAY_*, GATE_*, RETRAIN_THREADS, WORKERS...); `--policies 10:1 0:2`
+interleaves retrain CPU policies (RETRAIN_NICE:RETRAIN_THREADS, the server restarts for
+each). SIGTERM or Ctrl-C stops each server's whole process tree, and a run refuses to
+start while another server or retrain is alive (bench/retrain_helpers.py). Prints a
 Markdown table; raw numbers go to bench/out/retrain_bench.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
+from retrain_helpers import (
+    Load,
+    cpu_info,
+    ensure_no_strays,
+    fit_details,
+    interrupt_on_sigterm,
+    stop_tree,
+)
 from sklearn.metrics import f1_score
 
 from core.text import EVAL_FRACTION, in_eval_split
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "datasets" / "tweets-sentiment"
@@ -112,75 +119,10 @@ def topic_data(name: str, args: argparse.Namespace) -> TopicData:
     return TopicData(base, posted, topic_eval, source, rest)
 
 
-def cpu_info() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
-    model = fields.get("Model name", "?").strip()
-    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in wanted}}
-
-
-class Load:
-    """`clients` closed-loop clients, one text per /predict request, until the block ends.
-
-    aiohttp in a thread of its own: it costs the shared cores far less CPU per request
-    than httpx (bench/SERVING.md). With 0 clients it sends nothing."""
-
-    def __init__(self, url: str, texts: list[str], clients: int) -> None:
-        self.url, self.texts, self.clients = url, texts, clients
-        self.latencies: list[float] = []
-        self.failures: Counter[str] = Counter()  # by status code or exception
-        self.first_seen: dict[str, float] = {}  # model version -> monotonic time of first answer
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()))
-
-    async def _client(self, http: aiohttp.ClientSession, seed: int) -> None:
-        rng = random.Random(seed)
-        while not self._stop.is_set():
-            start = time.monotonic()
-            try:
-                async with http.post("/predict", json={"texts": [rng.choice(self.texts)]}) as r:
-                    body = await r.json() if r.status == 200 else None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.failures[type(exc).__name__] += 1
-                continue
-            if body is None:
-                self.failures[str(r.status)] += 1
-                continue
-            now = time.monotonic()
-            self.latencies.append(now - start)
-            self.first_seen.setdefault(body[0]["model_version"], now)
-
-    async def _run(self) -> None:
-        connector = aiohttp.TCPConnector(limit=max(1, self.clients))
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(self.url, connector=connector, timeout=timeout) as http:
-            await asyncio.gather(*(self._client(http, i) for i in range(self.clients)))
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3, 1) if lat else None
-
-        failed = sum(self.failures.values())
-        return {"ok": len(lat), "failed": failed, "failures": dict(self.failures),
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99)}  # fmt: skip
-
-
 class Service:
     """One `bentoml serve` of MODEL on loopback, with its own model store and database."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, allow_strays: bool = False) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -195,8 +137,27 @@ class Service:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         self.http = httpx.Client(base_url=self.url, headers=auth, timeout=120)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.allow_strays = allow_strays
+        self.others: list[str] = []  # other servers/retrains alive at a start (--allow-strays)
+
+    def set_policy(self, policy: str | None) -> None:
+        """Restart with a retrain CPU policy "NICE:THREADS" (None: the environment's)."""
+        nice, threads = policy.split(":") if policy else (None, None)
+        env = {"RETRAIN_NICE": nice, "RETRAIN_THREADS": threads}
+        wanted = {k: v if v is not None else os.environ.get(k) for k, v in env.items()}
+        if all(self.env.get(k) == v for k, v in wanted.items()):
+            return
+        for k, v in wanted.items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = v
+        if self.proc is not None:
+            self.stop()
+            self.start()
 
     def start(self) -> None:
+        self.others += ensure_no_strays(self.home / "state", self.allow_strays)
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
         with (self.home / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -214,10 +175,9 @@ class Service:
         raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group: its workers and any retrain they run."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
+        """The server's whole tree: its workers and any retrain they run (retrain_helpers)."""
+        stop_tree(self.proc, self.home / "state")
+        self.proc = None
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         r = self.http.request(method, path, **kwargs)
@@ -326,11 +286,18 @@ def one_run(
 
 
 HEADER = (
-    "| topic | N | mode | clients | s to final state / to new version served | job "
+    "| topic | N | mode | nice:threads | clients | s to final state / to new version served | job "
     "| trained (replayed) | phases s | topic F1 before → after | rest F1 before → after "
     "| idle p50 / p99 ms | during p50 / p99 ms | p99 ratio | failed requests |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def env_policy() -> str:
+    """The retrain CPU policy "NICE:THREADS" the environment (or the defaults) give."""
+    fields = Settings.model_fields
+    nice = os.environ.get("RETRAIN_NICE", fields["retrain_nice"].default)
+    return f"{nice}:{os.environ.get('RETRAIN_THREADS', fields['retrain_threads'].default)}"
 
 
 def row(r: dict[str, Any]) -> str:
@@ -341,12 +308,14 @@ def row(r: dict[str, Any]) -> str:
         if gate.get("active_macro_f1") is not None
         else f"{job['state']}: {(job['decision'] or job['error'] or job['message'] or '')[:80]}"
     )
+    fit = (r.get("fit") or {}).get("phases", {})
     phases = " ".join(f"{k} {v:.0f}" for k, v in [*job["phases"].items(), ("other", r["other_s"])])
+    phases += f" (fit: {' '.join(f'{k} {v:.0f}' for k, v in fit.items())})" if fit else ""
     ratio = f"{busy['p99_ms'] / idle['p99_ms']:.2f}×" if idle["p99_ms"] and busy["p99_ms"] else "–"
     b, a = r["f1_before"], r["f1_after"]
     failed = busy["failed"] + idle["failed"]
     return (
-        f"| {r['topic']} | {r['n']} | {r['mode']} | {r['clients']} "
+        f"| {r['topic']} | {r['n']} | {r['mode']} | {r['policy']} | {r['clients']} "
         f"| {r['job_s']:.0f} / {r['wall_s']:.0f} | {decision} "
         f"| {job['trained_examples']} ({job['replayed_examples']}) "
         f"| {phases} "
@@ -364,7 +333,7 @@ def save(results: dict[str, Any]) -> None:
 def bench_topic(name: str, home: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """Setup, then every (N, mode, clients) run of one topic on its own server."""
     data = topic_data(name, args)
-    service = Service(home / name)
+    service = Service(home / name, args.allow_strays)
     info: dict[str, Any] = {"base_examples": len(data.base), "topic_eval": data.topic_eval_source,
                             "rest_eval": len(data.rest_eval)}  # fmt: skip
     results["topics"][name] = info
@@ -376,25 +345,42 @@ def bench_topic(name: str, home: Path, args: argparse.Namespace, results: dict[s
         service.call("POST", f"/models/{tag}/activate")
         info["f1_setup"] = scores(service, data, tag.split(":")[1])
         print(f"setup version {tag}: macro-F1 {info['f1_setup']}\n\n{HEADER}", flush=True)
-        for n in args.sizes:
-            service.call("DELETE", "/examples", params={"source": "topic"})
-            service.post_examples(data.topic[:n], "topic")
-            for mode in args.modes:
-                for clients in args.clients:
-                    r = {"topic": name, "n": n, "mode": mode, "clients": clients}
-                    r |= one_run(service, mode, clients, tag, args, texts)
-                    r["f1_before"] = r["f1_after"] = info["f1_setup"]
-                    if r["job"]["state"] == "succeeded":
-                        new = r["job"]["candidate_version"].split(":")[1]
-                        r["f1_after"] = scores(service, data, new)
-                    if r["job"]["state"] == "timeout":  # kill it; the restarted server fails it
-                        service.stop()
-                        service.start()
-                    results["runs"].append(r)
-                    save(results)
-                    print(row(r), flush=True)
+        runs = [
+            (n, mode, clients, policy)
+            for n in args.sizes
+            for _ in range(args.rounds)
+            for mode in args.modes
+            for policy in args.policies  # each policy's quiet and loaded runs back to back
+            for clients in args.clients
+        ]
+        # Re-posting deleted rows can fail in SQLite (reused ids vs tombstones): post once.
+        marker = service.home / "topic-posted.json"
+        posted = json.loads(marker.read_text()) if marker.exists() else None
+        for n, mode, clients, policy in runs:
+            if n != posted:
+                service.call("DELETE", "/examples", params={"source": "topic"})
+                service.post_examples(data.topic[:n], "topic")
+                marker.write_text(json.dumps(posted := n))
+            service.set_policy(policy)
+            r = {"topic": name, "n": n, "mode": mode, "clients": clients,
+                 "policy": policy or env_policy(), "load_before": os.getloadavg()}  # fmt: skip
+            r |= one_run(service, mode, clients, tag, args, texts)
+            r["load_after"] = os.getloadavg()
+            r["f1_before"] = r["f1_after"] = info["f1_setup"]
+            if candidate := r["job"].get("candidate_version"):
+                r["fit"] = fit_details(home / name / "bentoml", candidate)
+            if r["job"]["state"] == "succeeded":
+                r["f1_after"] = scores(service, data, candidate.split(":")[1])
+            if r["job"]["state"] == "timeout":  # kill it; the restarted server fails it
+                service.stop()
+                service.start()
+            results["runs"].append(r)
+            save(results)
+            print(row(r), flush=True)
     finally:
         service.stop()
+        info["other_processes"] = service.others
+        save(results)
         if (service.home / "serve.log").exists():
             shutil.copy(service.home / "serve.log", OUT / f"retrain_bench-{name}-serve.log")
 
@@ -406,6 +392,15 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=["incremental", "refit", "auto"],
                         default=["incremental", "refit"])  # fmt: skip
     parser.add_argument("--clients", type=int, nargs="+", default=[0, 64])
+    parser.add_argument("--policies", nargs="+", default=[None], metavar="NICE:THREADS",
+                        help="retrain CPU policies to interleave (the server restarts with "
+                        "RETRAIN_NICE/RETRAIN_THREADS); default: the environment's")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="repeat each N's runs")
+    parser.add_argument(
+        "--allow-strays",
+        action="store_true",
+        help="run while other bentoml/retrain processes are alive (recorded)",
+    )
     parser.add_argument("--idle-seconds", type=float, default=15)
     parser.add_argument("--setup-epochs", type=float, default=0.3)
     parser.add_argument("--base-limit", type=int, default=None, help="cap the base store")
@@ -415,6 +410,7 @@ def main() -> None:
                         help="keep each topic's setup in HOME/TOPIC between invocations "
                         "(rebuilt when its base store or --setup-epochs differ)")  # fmt: skip
     args = parser.parse_args()
+    interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops each server's tree
     OUT.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     env = {k: os.environ[k] for k in RETRAIN_ENV if k in os.environ}
