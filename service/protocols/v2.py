@@ -4,7 +4,8 @@ The model takes one BYTES input named `text` of shape [N] and gives three
 outputs: `label` (BYTES [N]), `score` (FP32 [N], the probability of `label`)
 and `scores` (FP32 [N, C], every label's probability, columns in the order
 the metadata's `labels` parameter lists). `{name}` is MODEL_NAME; the served
-version is `model_version` in every answer. Errors are `{"error": ...}`, as
+version is `model_version` in every answer, and the `/versions/{version}/`
+paths answer for that version only. Errors are `{"error": ...}`, as
 the protocol asks.
 """
 
@@ -265,5 +266,43 @@ def build_router(plane: DataPlane) -> APIRouter:
         }
         result: Any = binary_response(header, raw)
         return result
+
+    # tritonclient's `model_version=` asks by version: only the served one answers.
+    def check_version(name: str, version: str) -> None:
+        check_name(name)
+        served = plane.require_model().version.version
+        if version != served:
+            raise RefusedError(
+                404,
+                f"version {version!r} of {name!r} is not served; {served!r} is (GET /v2/models)",
+            )
+
+    @router.get(
+        "/models/{name}/versions/{version}",
+        responses=error_responses(404, 503, 500),
+        response_model_exclude_none=True,
+    )
+    def version_metadata(name: str, version: str) -> ModelMetadata:
+        check_version(name, version)
+        return model_metadata(name)
+
+    @router.get("/models/{name}/versions/{version}/ready", responses=error_responses(404, 503, 500))
+    def version_ready(name: str, version: str) -> ModelReady:
+        check_version(name, version)
+        return model_ready(name)
+
+    @router.post(
+        "/models/{name}/versions/{version}/infer",
+        response_model_exclude_none=True,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "Binary outputs"},
+            **error_responses(400, 404, 413, 415, 422, 500, 503),
+        },
+    )
+    async def version_infer(
+        name: str, version: str, request: Request, body: InferenceRequest
+    ) -> InferenceResponse:
+        check_version(name, version)
+        return await infer(name, request, body)
 
     return router

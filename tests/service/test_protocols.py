@@ -157,6 +157,23 @@ def test_tritonclient_health_and_metadata(
     assert triton_client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
 
 
+def test_tritonclient_asks_by_version_and_only_the_served_one_answers(
+    triton_client: triton.InferenceServerClient, client: httpx.Client, server: Server
+) -> None:
+    [expected] = _predict(client, [TEXTS[0]])
+    version = str(expected["model_version"])
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([TEXTS[0]], dtype=object))
+
+    result = triton_client.infer(server.model_name, [text], model_version=version)
+
+    assert result.get_response()["model_version"] == version
+    assert triton_client.is_model_ready(server.model_name, model_version=version)
+    assert triton_client.get_model_metadata(server.model_name, model_version=version)["versions"]
+    with pytest.raises(InferenceServerException, match="is not served"):
+        triton_client.infer(server.model_name, [text], model_version="no-such-version")
+
+
 def test_v2_errors_are_protocol_errors_the_client_reads(
     triton_client: triton.InferenceServerClient, server: Server
 ) -> None:
