@@ -19,7 +19,7 @@ import bentoml
 from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Message, Scope
 
-from service.errors import RefusedError, internal_error_message
+from service.errors import RefusedError, bentoml_error_message
 from service.model_holder import LoadedModel
 from service.schemas import PREDICT_ROUTE, Prediction
 from service.settings import get_settings
@@ -76,9 +76,9 @@ async def call(app: ASGIApp, scope: Scope, method: str, path: str, body: bytes =
 
 
 def _message(answer: Answer) -> str:
-    request_id = dict(answer.headers).get(b"x-bentoml-request-id")
-    if answer.status == 500 and request_id:
-        return internal_error_message(request_id.decode("latin-1"))
+    bentoml_message = bentoml_error_message(answer.status, dict(answer.headers))
+    if bentoml_message is not None:
+        return bentoml_message
     try:
         payload = json.loads(answer.body)
     except ValueError:

@@ -83,7 +83,7 @@ def merged_openapi(bentoml_spec: dict[str, Any], api: FastAPI) -> dict[str, Any]
         paths[path] = {**paths.get(path, {}), **item}
     paths["/"]["get"] = {
         "tags": ["Service APIs"],
-        "summary": "This page's interactive form (BentoML's index)",
+        "summary": "BentoML's index page: a form to try every route",
         "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
     }
     components = ours.setdefault("components", {})

@@ -55,20 +55,22 @@ def error_bytes(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer with a JSON `body` straight from an ASGI middleware (`headers` kept, re-typed)."""
+    kept = [(k, v) for k, v in headers or [] if k not in (b"content-length", b"content-type")]
+    kept += [
+        (b"content-type", JSON_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": kept})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_json_error(send: Send, status: int, message: str) -> None:
     """Answer with `{"error": message}` straight from an ASGI middleware."""
-    body = error_bytes(message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", JSON_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, error_bytes(message))
 
 
 def internal_error_message(request_id: str) -> str:
@@ -84,6 +86,19 @@ def log_failure(request_id: str, scope: Scope) -> None:
     log.exception("request_id=%s %s %s failed", request_id, scope["method"], scope["path"])
 
 
+def bentoml_error_message(status: int, headers: dict[bytes, bytes]) -> str | None:
+    """What BentoML's own 500 and shed-503 should have said ("unexpected error, see the log")."""
+    request_id = headers.get(b"x-bentoml-request-id", b"").decode("latin-1")
+    if status == 500 and request_id:
+        return internal_error_message(request_id)  # its span id, which its log line carries
+    if status == 503 and request_id:  # BentoML's batching shed it
+        return (
+            "the service is overloaded and shed this request (its wait would pass "
+            "MAX_LATENCY_MS); retry after a short backoff"
+        )
+    return None
+
+
 def _json_error_for(scope: Scope, start: Message) -> bytes | None:
     """The JSON body to send instead of an error answer that has none of its own, or None.
 
@@ -91,21 +106,14 @@ def _json_error_for(scope: Scope, start: Message) -> bytes | None:
     text, and BentoML's 500 and 503 say only "unexpected error, check the server log".
     """
     status: int = start["status"]
-    headers = dict(start.get("headers", []))
-    if status < 400:
+    if status < 400:  # the predict path's answers: nothing to look at
         return None
-    request_id = headers.get(b"x-bentoml-request-id", b"").decode("latin-1")
-    if status == 500 and request_id:
-        return error_bytes(internal_error_message(request_id))
-    if status == 503 and request_id:  # BentoML's batching shed it: says "unexpected error"
-        return error_bytes(
-            "the service is overloaded and shed this request (its wait would pass "
-            "MAX_LATENCY_MS); retry after a short backoff"
-        )
-    if headers.get(b"content-type", b"").startswith(JSON_MEDIA_TYPE.encode()):
+    headers = dict(start.get("headers", []))
+    message = bentoml_error_message(status, headers)
+    if message is None and headers.get(b"content-type", b"").startswith(JSON_MEDIA_TYPE.encode()):
         return None
     path, method = scope["path"], scope["method"]
-    message = {
+    message = message or {
         404: f"no route {path}; /docs.json lists every route",
         405: f"{method} is not allowed on {path}; /docs.json lists the methods",
     }.get(status, HTTPStatus(status).phrase)
@@ -132,17 +140,7 @@ class ErrorBoundary:
                 replacement = _json_error_for(scope, message)
                 if replacement is not None:
                     replacing = True
-                    headers = [
-                        (k, v)
-                        for k, v in message.get("headers", [])
-                        if k not in (b"content-length", b"content-type")
-                    ]
-                    headers += [
-                        (b"content-type", JSON_MEDIA_TYPE.encode()),
-                        (b"content-length", str(len(replacement)).encode()),
-                    ]
-                    await send({**message, "headers": headers})
-                    await send({"type": "http.response.body", "body": replacement})
+                    await send_json(send, message["status"], replacement, message.get("headers"))
                     return
             if replacing:
                 return  # the original body, already replaced

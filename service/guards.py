@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import ALSO_ALLOWED
 from service.dataplane import DataPlane, call, no_model_message, served_model
 from service.docs import merged_openapi
-from service.errors import JSON_MEDIA_TYPE, send_json_error
+from service.errors import JSON_MEDIA_TYPE, send_json, send_json_error
 from service.protocols.v2_binary import BinaryRequests
 from service.schemas import PREDICT_ROUTE
 from service.settings import get_settings
@@ -233,15 +233,4 @@ class ApiRoutes:
     async def _docs(self, scope: Scope, send: Send) -> None:
         answer = await call(self.app, scope, "GET", DOCS_ROUTE)
         spec = merged_openapi(json.loads(answer.body), self._ensure_api())
-        body = json.dumps(spec).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", JSON_MEDIA_TYPE.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, json.dumps(spec).encode())

@@ -141,17 +141,11 @@ def _texts(body: InferenceRequest) -> list[str]:
 
 
 def _binary_outputs(body: InferenceRequest) -> set[str]:
-    """Outputs to send as binary: all by default if binary_data_output, else those asked for."""
+    """Outputs sent as binary: each one's `binary_data`, else the request's `binary_data_output`."""
     default = bool((body.parameters or {}).get("binary_data_output", False))
-    names = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
-    asked = {o.name: o for o in body.outputs or []}
-    return {
-        name
-        for name in names
-        if bool(
-            ((asked[name].parameters if name in asked else None) or {}).get("binary_data", default)
-        )
-    }
+    if not body.outputs:
+        return set(OUTPUTS) if default else set()
+    return {o.name for o in body.outputs if (o.parameters or {}).get("binary_data", default)}
 
 
 def _outputs(predictions: list[Prediction], names: list[str]) -> list[ResponseOutput]:
