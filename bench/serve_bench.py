@@ -6,11 +6,11 @@ Measures, in one run and interleaved (timings drift on shared machines):
 
 * the limit: the same ONNX model called in-process (`Classifier.score`) at
   batch sizes 1, 8 and 64 — the best of them is what serving could reach;
-* our service (`bentoml serve service.service:TextClassifier`): single-text
-  requests at concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency;
-* the alternative a user would write: a plain per-request transformers
-  `pipeline` behind Starlette/uvicorn (this file's `baseline` subcommand), on
-  the same architecture (the default base model with a fresh 3-label head);
+* our service (`bentoml serve service.service:TextClassifier`) in each
+  `--configs` WORKERS:ORT_THREADS[:nospin] choice: single-text requests at
+  concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency;
+* the service a user would write first (bench/naive_service.py): BentoML's
+  example shape on the same model.onnx, one worker, padded batches;
 * cold start to ready with an existing model, and the service's RSS before and
   after a long run of mixed-length texts (ORT arena growth, onnxruntime#11627);
 * with `--protocols`, instead of the baseline: the same single texts through
@@ -33,9 +33,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,43 @@ ROOT = Path(__file__).resolve().parent.parent
 # The shared datasets sit beside the checkout (../shared), as on every dev and CI machine.
 DEFAULT_TEXTS = ROOT.parent / "shared" / "datasets" / "tweets-sentiment" / "validation.csv"
 CONCURRENCY = (1, 8, 64)
+NAIVE = "naive"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One WORKERS x ORT_THREADS choice for our service, whether ORT threads spin, and
+    which model it serves (another name in the same store: e.g. the same weights as the
+    previous release exported them)."""
+
+    workers: int
+    threads: int
+    spin: bool
+    model: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Config:
+        """WORKERS:ORT_THREADS[:nospin][@MODEL]"""
+        text, _, model = text.partition("@")
+        workers, threads, *flags = text.split(":")
+        return cls(int(workers), int(threads), "nospin" not in flags, model or None)
+
+    @property
+    def label(self) -> str:
+        spin = "" if self.spin else " no spin"
+        model = f" @{self.model}" if self.model else ""
+        return f"ours {self.workers}x{self.threads}{spin}{model}"
+
+    def env(self, model: str, state_dir: Path) -> dict[str, str]:
+        return {
+            "MODEL_NAME": self.model or model,
+            "STATE_DIR": str(state_dir),
+            "TOKENIZERS_PARALLELISM": "false",
+            "WORKERS": str(self.workers),
+            "ORT_THREADS": str(self.threads),
+            "ORT_SPIN": str(self.spin).lower(),
+            "ALLOW_OVERSUBSCRIPTION": "true",
+        }
 
 
 @dataclass(frozen=True)
@@ -282,82 +320,69 @@ def run(args: argparse.Namespace) -> None:
         run_protocols(args, texts, best)
         return
 
+    from core import registry
+
     ours_cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
-    ours_env = {"MODEL_NAME": args.model, "TOKENIZERS_PARALLELISM": "false"}
-    base_cmd = [sys.executable, str(Path(__file__).resolve()), "baseline"]
+    naive_cmd = [sys.executable, "-m", "bentoml", "serve", "naive_service:Naive"]
+    naive_env = {"NAIVE_MODEL_DIR": str(registry.get(f"{args.model}:latest").path)}
+    configs = [Config.parse(c) for c in args.configs]
     results: dict[tuple[str, int], list[Load]] = {}
-    with (
-        server(ours_cmd, ours_env, "/readyz") as (ours_url, cold_s, ours_pid),
-        server(base_cmd, {}, "/ready") as (base_url, _, _),
-    ):
+    with ExitStack() as stack:
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-bench-")))
+        # The first configuration alone first: its cold start is the one reported.
+        first_url, cold_s, first_pid = stack.enter_context(
+            server(ours_cmd, configs[0].env(args.model, state / "0"), "/readyz")
+        )
+        urls = {configs[0].label: first_url}
+        for i, config in enumerate(configs[1:], 1):
+            urls[config.label] = stack.enter_context(
+                server(ours_cmd, config.env(args.model, state / str(i)), "/readyz")
+            )[0]
+        urls[NAIVE] = stack.enter_context(
+            server([*naive_cmd, "--working-dir", "bench"], naive_env, "/readyz")
+        )[0]
         print(f"cold start to ready: {cold_s:.1f} s")
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for c in CONCURRENCY:
-                for name, url in (("ours", ours_url), ("baseline", base_url)):
-                    result = asyncio.run(load(url, texts, c, args.requests, args.max_seconds))
+                names = list(urls)
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    result = asyncio.run(
+                        load(urls[name], texts, c, args.requests, args.max_seconds)
+                    )
                     results.setdefault((name, c), []).append(result)
                     print(f"{name} c={c}: {fmt(result)}", flush=True)
-        rss_before = tree_rss_mb(ours_pid)
-        asyncio.run(mixed_run(ours_url, texts, args.memory_texts))
-        rss_after = tree_rss_mb(ours_pid)
+        rss_before = tree_rss_mb(first_pid)
+        asyncio.run(mixed_run(first_url, texts, args.memory_texts))
+        rss_after = tree_rss_mb(first_pid)
 
     print(
-        "\n| concurrency | ours texts/s | ours p50/p95/p99 ms | baseline texts/s "
-        "| baseline p50/p95/p99 ms | ours / in-process best | ours / baseline |"
+        "\n| concurrency | server | texts/s (median round) | p50/p95/p99 ms "
+        "| / in-process best | / naive (paired by round) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for c in CONCURRENCY:
-        ours, base = median(results[("ours", c)]), median(results[("baseline", c)])
-        print(
-            f"| {c} | {fmt(ours)} | {fmt(base)} "
-            f"| {ours.texts_per_s / best:.2f} | {ours.texts_per_s / base.texts_per_s:.1f}x |"
-        )
+        naive = results[(NAIVE, c)]
+        for name in urls:
+            runs = results[(name, c)]
+            paired = statistics.median(
+                r.texts_per_s / n.texts_per_s for r, n in zip(runs, naive, strict=True)
+            )
+            m = median(runs)
+            print(f"| {c} | {name} | {fmt(m)} | {m.texts_per_s / best:.2f} | {paired:.2f} |")
     print(
         f"\nin-process best: {best:.0f} texts/s (batch sizes: "
         + ", ".join(f"{b}: {r:.0f}" for b, r in limit.items())
-        + ")"
+        + f"; {cores} ORT threads)"
     )
-    print(f"cold start to ready: {cold_s:.1f} s")
+    print(f"cold start to ready ({configs[0].label}): {cold_s:.1f} s")
     print(
-        f"service RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
+        f"service RSS ({configs[0].label}): {rss_before:.0f} MB before, {rss_after:.0f} MB after "
         f"{args.memory_texts} mixed-length texts"
     )
 
 
-def baseline(args: argparse.Namespace) -> None:
-    """What a user would write: a transformers pipeline, called once per request."""
-    import torch
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse
-    from starlette.routing import Route
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
-
-    from training.config import default_base_model
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    base = default_base_model()
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=3)
-    classify = pipeline(
-        "text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(base)
-    )
-
-    async def predict(request: Request) -> JSONResponse:
-        texts = (await request.json())["texts"]
-        return JSONResponse(await run_in_threadpool(classify, texts))
-
-    async def ready(_: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/ready", ready)])
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
     parser.add_argument("--model", default=os.environ.get("MODEL_NAME", "text-classifier"))
     parser.add_argument("--texts", type=Path, default=DEFAULT_TEXTS)
     parser.add_argument("--requests", type=int, default=600, help="per load phase, at most")
@@ -365,15 +390,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory-texts", type=int, default=4000)
     parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["2:1"],
+        help="our WORKERS:ORT_THREADS[:nospin][@MODEL] choices; the first one's cold start and "
+        "memory are reported",
+    )
+    parser.add_argument(
         "--protocols", action="store_true", help="compare /predict, POST / and V2 infer instead"
     )
-    base = sub.add_parser("baseline", help="serve the transformers pipeline baseline")
-    base.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    if args.command == "baseline":
-        baseline(args)
-    else:
-        run(args)
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

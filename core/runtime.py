@@ -1,9 +1,12 @@
 """Scoring text with an exported version: `tokenizers` + ONNX Runtime, no torch.
 
-Every text runs through the model on its own, at its exact length: dynamically
-quantized int8 takes activation scales from the whole input tensor, so texts
-sharing a run would change each other's scores. The CPU arena is off so memory
-stays flat across sequence lengths (onnxruntime#11627). docs/DESIGN.md has the numbers.
+Texts are sorted by length and run in groups padded by at most MAX_PADDING, so
+a batch costs little more than its real tokens. That is exact only for a model
+whose rows cannot affect each other: fp32, or static int8 (the export marks such
+files BATCH_INVARIANT). A dynamically quantized file from an earlier release
+takes activation scales from the whole input tensor, so it runs one text at a
+time. The CPU arena is off so memory stays flat across sequence lengths
+(onnxruntime#11627). docs/DESIGN.md has the numbers.
 """
 
 from __future__ import annotations
@@ -19,10 +22,24 @@ from tokenizers import Tokenizer
 
 from core.registry import ONNX_FILE, TOKENIZER_FILE
 
+# ONNX metadata key the export sets when a row's logits depend on that row alone.
+BATCH_INVARIANT = "selftune.batch_invariant"
+# Padded tokens a run may carry, as a share of its real ones; and rows per run.
+# bench/SERVING.md measured 0 (exact-length groups) to 100% on 64-text batches.
+MAX_PADDING = 0.125
+MAX_RUN_ROWS = 64
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """ORT options with an explicit thread budget: BentoML sets none per worker."""
+
+def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
+    """ORT options with an explicit thread budget: BentoML sets none per worker.
+
+    `spin=False` parks idle intra-op threads at once instead of busy-waiting for
+    the next run: what lets several workers each hold more threads than their
+    share of the cores without burning the others' CPU.
+    """
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -32,7 +49,7 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
-    """A fast tokenizer that truncates to `max_length` and never pads (texts run one by one)."""
+    """A fast tokenizer that truncates to `max_length` and never pads (`feeds` pads per run)."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()
@@ -43,6 +60,38 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def feeds(batch: Sequence[Sequence[int]]) -> dict[str, npt.NDArray[np.int64]]:
+    """Model inputs for token id lists, right-padded to the longest and masked."""
+    input_ids = np.zeros((len(batch), max(map(len, batch))), dtype=np.int64)
+    mask = np.zeros_like(input_ids)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def length_runs(lengths: Sequence[int], max_padding: float, max_rows: int) -> list[list[int]]:
+    """Indices grouped into runs of similar length, shortest first.
+
+    A run padded to its longest text carries at most `max_padding` x its real
+    tokens in padding, and at most `max_rows` texts.
+    """
+    runs: list[list[int]] = []
+    run: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        # Sorted ascending: lengths[i] is the longest of run + [i].
+        padded = lengths[i] * (len(run) + 1)
+        if run and (len(run) == max_rows or padded > (real + lengths[i]) * (1 + max_padding)):
+            runs.append(run)
+            run, real = [], 0
+        run.append(i)
+        real += lengths[i]
+    if run:
+        runs.append(run)
+    return runs
 
 
 @dataclass(frozen=True)
@@ -61,14 +110,25 @@ class Classifier:
     concurrent `run`, and the tokenizer is read-only after construction.
     """
 
-    def __init__(self, model_dir: Path, max_length: int, threads: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        max_length: int,
+        threads: int,
+        max_padding: float = MAX_PADDING,
+        max_rows: int = MAX_RUN_ROWS,
+        spin: bool = True,
+    ) -> None:
         self.session = ort.InferenceSession(
             str(model_dir / ONNX_FILE),
-            sess_options=session_options(threads),
+            sess_options=session_options(threads, spin),
             providers=["CPUExecutionProvider"],
         )
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        marks = self.session.get_modelmeta().custom_metadata_map
+        self.batch_invariant = marks.get(BATCH_INVARIANT) == "true"
+        self.max_padding = max_padding
+        self.max_rows = max_rows if self.batch_invariant else 1
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Raw logits, one row per text, in input order (export parity checks use these)."""
@@ -82,19 +142,14 @@ class Classifier:
     def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int]:
         if not texts:
             raise ValueError("scoring needs at least one text")
-        encodings = self.tokenizer.encode_batch(list(texts))
-        rows = [self._run_one(encoding.ids) for encoding in encodings]
-        tokens = sum(len(encoding.ids) for encoding in encodings)
-        return np.concatenate(rows).astype(np.float32, copy=False), tokens
-
-    def _run_one(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        """Logits for one tokenized text, shape (1, labels)."""
-        input_ids = np.array([ids], dtype=np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        logits: npt.NDArray[np.float32] = self.session.run(["logits"], feeds)[0]
-        return logits
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        lengths = [len(row) for row in ids]
+        runs = length_runs(lengths, self.max_padding, self.max_rows)
+        outputs = [self.session.run(["logits"], feeds([ids[i] for i in run]))[0] for run in runs]
+        logits = np.empty((len(ids), outputs[0].shape[1]), dtype=np.float32)
+        for run, output in zip(runs, outputs, strict=True):
+            logits[run] = output
+        return logits, sum(lengths)
 
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Class probabilities, one row per text, in input order."""

@@ -38,7 +38,7 @@ REPORT_EVERY_S = 1.0
 # What describes the active version's own run rather than how to train: not inherited.
 NOT_INHERITED = (
     "data", "eval_data", "dev_data", "init_from", "name", "split", "parent", "threads",
-    "base_model", "epochs", "text_column", "label_column",
+    "base_model", "epochs", "text_column", "label_column", "class_counts",
 )  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def build_config(
         "epochs": settings.incremental_epochs if incremental else settings.refit_epochs,
         "parent": active.tag if active else None,
         "threads": settings.retrain_threads,
+        "class_counts": plan.class_counts,
     }
     if incremental:
         run["evals_per_epoch"] = 1  # only to keep the best epoch: evaluations cost steps

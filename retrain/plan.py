@@ -52,6 +52,9 @@ class Plan:
     new_examples: int
     replayed: int
     skipped: list[dict[str, object]] = field(default_factory=list)
+    # Labels over the store's whole training split: class weights come from these, so an
+    # incremental sample (new rows skew it) weighs classes as the refit it builds on did.
+    class_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def summary(self) -> dict[str, object]:
@@ -187,8 +190,9 @@ def make_plan(
                 }
             )
     new_examples = sum(r.new for r in rows) if since is not None else len(rows)
+    counts = dict(Counter(r.label for r in train_rows))
     if mode == "refit":
-        return Plan(mode, reason, train_rows, [], eval_rows, new_examples, 0, skipped)
+        return Plan(mode, reason, train_rows, [], eval_rows, new_examples, 0, skipped, counts)
     rng = random.Random(seed)
     new = [r for r in train_rows if r.new]
     old = [r for r in train_rows if not r.new]
@@ -204,4 +208,6 @@ def make_plan(
     )
     chosen = {r.id for r in replay}
     dev = stratified_sample([r for r in old if r.id not in chosen], INCREMENTAL_DEV, rng)
-    return Plan(mode, reason, new + replay, dev, eval_rows, new_examples, len(replay), skipped)
+    return Plan(
+        mode, reason, new + replay, dev, eval_rows, new_examples, len(replay), skipped, counts
+    )

@@ -82,9 +82,16 @@ class ModelHolder:
     up) and is the only writer.
     """
 
-    def __init__(self, resolver: Resolver, threads: int, poll_seconds: float) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        threads: int,
+        poll_seconds: float,
+        spin: bool = True,
+    ) -> None:
         self._resolver = resolver
         self._threads = threads
+        self._spin = spin
         self._loaded: LoadedModel | None = None
         self._failed_tag: str | None = None
         self._poller = Periodic("model-poller", poll_seconds, self.refresh)
@@ -130,7 +137,12 @@ class ModelHolder:
 
     def _load(self, tag: str) -> LoadedModel:
         version = registry.get(tag)
-        classifier = Classifier(version.path, version.max_length, self._threads)
+        classifier = Classifier(
+            version.path,
+            version.max_length,
+            self._threads,
+            spin=self._spin,
+        )
         classifier.score(WARMUP_TEXTS)
         return LoadedModel(version, classifier)
 

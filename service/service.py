@@ -57,6 +57,7 @@ class TextClassifier:
             resolver=active_version_resolver(self.store, settings.model_name),
             threads=settings.threads_per_worker,
             poll_seconds=settings.model_poll_seconds,
+            spin=settings.ort_spin,
         )
         self.holder.on_swap(self.metrics.swapped)
         self.holder.start()

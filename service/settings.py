@@ -44,6 +44,11 @@ class Settings(RetrainSettings):
         ge=0,
         description="ONNX Runtime intra-op threads per worker; 0 means cores // workers.",
     )
+    ort_spin: bool = Field(
+        True,
+        description="Let idle ONNX Runtime threads busy-wait for the next run; turn off when "
+        "WORKERS x ORT_THREADS exceeds the cores.",
+    )
     allow_oversubscription: bool = Field(
         False, description="Allow WORKERS x ORT_THREADS to exceed the cores."
     )

@@ -46,6 +46,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         choices = None
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if inner and typing.get_origin(inner[0]) is dict:
+            continue  # a mapping has no one-string form: --config sets it
         if typing.get_origin(annotation) is typing.Literal:
             choices = list(typing.get_args(annotation))
         elif (
@@ -63,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         {
             name: getattr(args, name)
             for name in TrainConfig.model_fields
-            if getattr(args, name) is not None
+            if getattr(args, name, None) is not None  # a field with no flag is absent
         }
     )
     return TrainConfig(**values)

@@ -88,6 +88,12 @@ class TrainConfig(BaseModel):
     )
     evals_per_epoch: int = Field(4, ge=1)
     class_weights: Literal["auto", "none"] = "auto"
+    class_counts: dict[str, int] | None = Field(
+        None,
+        description="Label counts that 'auto' class weights come from instead of the training "
+        "data's (set through --config). A retrain passes its store's whole training split, so an "
+        "incremental sample weighs classes as a refit on everything does.",
+    )
     bf16: bool = Field(True, description="bf16 autocast on CPU (AVX-512 BF16 makes GEMMs ~4x).")
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch threads; 0 means all cores.")

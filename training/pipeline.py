@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 PARITY_SAMPLES = 64
 PRECISION_CHECK_TEXTS = 2000
+# Training texts that set int8's static activation scales, run one by one through fp32
+# (~5 s here). A 2026-12-01 probe on the tweets MiniLM: 64 and 256 within 0.1 macro-F1 point.
+CALIBRATION_TEXTS = 256
 LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxruntime", "tokenizers", "bentoml")
 
 
@@ -173,8 +177,24 @@ def choose_precision(
     fp32_check = score("fp32", check)
     fp32_path = staging / "model.fp32.onnx"
     (staging / ONNX_FILE).rename(fp32_path)
+
+    def keep_fp32(scores: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], list[int]]:
+        fp32_path.replace(staging / ONNX_FILE)
+        if check == len(texts):
+            return "fp32", scores["fp32"], scores, fp32_check
+        fp32_all = score("fp32", len(texts))
+        return "fp32", metrics(fp32_all), scores, fp32_all
+
     progress(PHASES["quantize"], "quantizing to int8")
-    quantize_int8(fp32_path, staging / ONNX_FILE)
+    train_texts = splits.train.texts
+    calibration = random.Random(cfg.seed).sample(
+        train_texts, min(len(train_texts), CALIBRATION_TEXTS)
+    )
+    try:
+        quantize_int8(fp32_path, staging / ONNX_FILE, calibration, cfg.max_length)
+    except Exception:  # its shape inference raises bare Exceptions on graphs it cannot follow
+        log.exception("int8 quantization failed; keeping the fp32 model")
+        return keep_fp32({"fp32": metrics(fp32_check)})
     int8_all = score("int8", len(texts))
     scores = {"fp32": metrics(fp32_check), "int8": metrics(int8_all[:check])}
     if int8_within_budget(scores["fp32"]["macro_f1"], scores["int8"]["macro_f1"], cfg.int8_budget):
@@ -189,11 +209,7 @@ def choose_precision(
         scores["fp32"]["macro_f1"] - scores["int8"]["macro_f1"],
         cfg.int8_budget,
     )
-    fp32_path.replace(staging / ONNX_FILE)
-    if check == len(texts):
-        return "fp32", scores["fp32"], scores, fp32_check
-    fp32_all = score("fp32", len(texts))
-    return "fp32", metrics(fp32_all), scores, fp32_all
+    return keep_fp32(scores)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from core.settings import RetrainSettings
 from core.text import EVAL_FRACTION, in_eval_split
 from retrain.plan import PlanError, make_plan
 from store.examples import Snapshot, StoredExample
+from training.train import class_weights
 
 SETTINGS = RetrainSettings(replay_ratio=2, replay_min=10, replay_max=50, refit_share=0.3)
 NOW = datetime.now(UTC)
@@ -54,6 +56,23 @@ def test_incremental_trains_on_every_new_training_row_plus_a_bounded_replay(
     assert plan.new_examples == len(new)
     assert not {r.text for r in plan.dev} & set(trained)
     assert all(r.eval for r in plan.eval)
+
+
+def test_class_weights_of_an_incremental_come_from_the_whole_store_not_its_sample(
+    tmp_path: Path,
+) -> None:
+    """The store is 9:1 neg:pos, so a refit weighs pos up; 40 new pos rows make the
+    incremental sample nearly balanced. Weighing that sample by its own counts switched
+    the weights off, and the candidate lost the minority class (coachella, 2026-12-01)."""
+    old = [(f"old text number {i}", "pos" if i % 10 == 0 else "neg", 1) for i in range(300)]
+    new = [(f"new text number {i}", "pos", 5) for i in range(40)]
+    plan = make_plan(snapshot(old + new), "incremental", version(tmp_path), 1, SETTINGS)
+    store_train = Counter(label for t, label, _ in old + new if not in_eval_split(t, EVAL_FRACTION))
+    assert plan.class_counts == store_train
+    sample = Counter(r.label for r in plan.train)
+    assert class_weights([sample["neg"], sample["pos"]]) is None  # the sample alone: balanced
+    weights = class_weights([plan.class_counts["neg"], plan.class_counts["pos"]])
+    assert weights is not None and weights[1] > weights[0]
 
 
 def test_auto_refits_when_the_new_data_is_a_large_share(tmp_path: Path) -> None:

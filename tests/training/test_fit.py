@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from core.registry import ONNX_FILE, REPORT_FILE, get, list_versions
+from core.runtime import Classifier
 from core.text import in_eval_split
 from tests.helpers import fit_tiny, run_training_cli
 from training.data import load
@@ -48,8 +49,10 @@ def test_registered_model_is_int8_when_within_budget(tiny_version: str) -> None:
     version = get(tiny_version)
     metrics = version.metrics()
     assert metrics["precision"] == version.metadata["precision"] == "int8"
-    assert metrics["fp32_macro_f1"] - metrics["int8_macro_f1"] <= 0.01
-    assert "MatMulInteger" in op_types(version.path / ONNX_FILE)
+    budget = version.metadata["config"]["int8_budget"]
+    assert metrics["fp32_macro_f1"] - metrics["int8_macro_f1"] <= budget
+    assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(version.path / ONNX_FILE)
+    assert Classifier(version.path, version.max_length, threads=1).batch_invariant
 
 
 def test_int8_budget_rule() -> None:
@@ -62,7 +65,7 @@ def test_no_int8_keeps_fp32(tiny_base_model: Path, sentiment_csv: Path) -> None:
     tag = fit_tiny(tiny_base_model, sentiment_csv, "tiny-fp32", "--no-int8", "--epochs", "1")
     version = get(tag)
     assert version.metadata["precision"] == "fp32"
-    assert "MatMulInteger" not in op_types(version.path / ONNX_FILE)
+    assert "QuantizeLinear" not in op_types(version.path / ONNX_FILE)
 
 
 def test_evaluate_prints_metrics_of_the_onnx_artifact(

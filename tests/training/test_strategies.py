@@ -8,8 +8,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from training.config import TrainConfig
+from training.data import LabeledData
 from training.strategies import apply_strategy, param_groups
-from training.train import class_weights, length_grouped_batches, load_base
+from training.train import class_weights, label_counts, length_grouped_batches, load_base
 
 
 def strategy_applied(base: Path, data: Path, **options: object) -> torch.nn.Module:
@@ -56,9 +57,9 @@ def test_optimizer_groups_hold_only_trainable_and_skip_decay_on_biases_and_norms
 
 
 def test_class_weights_only_when_imbalanced() -> None:
-    assert class_weights([0, 1, 2] * 10, 3) is None
-    assert class_weights([0] * 30 + [1] * 20 + [2] * 10, 3) is None  # 3:1 is not yet imbalanced
-    weights = class_weights([0] * 60 + [1] * 30 + [2] * 10, 3)
+    assert class_weights([10, 10, 10]) is None
+    assert class_weights([30, 20, 10]) is None  # 3:1 is not yet imbalanced
+    weights = class_weights([60, 30, 10])
     assert weights is not None
     assert weights[2] > weights[1] > weights[0]
     assert torch.isclose((weights * torch.tensor([60.0, 30.0, 10.0])).sum(), torch.tensor(100.0))
@@ -92,3 +93,10 @@ def test_the_configured_dropout_reaches_every_dropout_layer(
     # The tiny BERT's config says 0.1 for hidden and attention dropout, None for the head.
     assert dropouts(0.0) == {0.0}
     assert dropouts(0.25) == {0.25}
+
+
+def test_class_weights_count_the_given_store_counts_not_the_sample(sentiment_csv: Path) -> None:
+    sample = LabeledData(("a", "b", "c"), (0, 0, 1), ("neg", "pos"))
+    assert label_counts(TrainConfig(data=sentiment_csv), sample) == [2, 1]
+    store = TrainConfig(data=sentiment_csv, class_counts={"neg": 900, "pos": 100, "other": 5})
+    assert label_counts(store, sample) == [900, 100]
