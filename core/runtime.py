@@ -5,8 +5,8 @@ a batch costs little more than its real tokens. That is exact only for a model
 whose rows cannot affect each other: fp32, or static int8 (the export marks such
 files BATCH_INVARIANT). A dynamically quantized file from an earlier release
 takes activation scales from the whole input tensor, so it runs one text at a
-time. The CPU arena is off so memory stays flat across sequence lengths
-(onnxruntime#11627). docs/DESIGN.md has the numbers.
+time. The CPU arena is off, so memory does not grow with every new input shape
+(onnxruntime#11627). docs/DESIGN.md #3 has the numbers.
 """
 
 from __future__ import annotations

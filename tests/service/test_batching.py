@@ -7,7 +7,6 @@ import random
 from collections.abc import Awaitable, Callable
 
 import httpx
-import pytest
 from bentoml._internal.marshal import dispatcher
 
 from service.batching import NoWaitOptimizer
@@ -44,9 +43,8 @@ def test_a_crowd_gets_the_same_answers_as_single_requests(
     )
     assert batches < len(requests)
     assert len(together) == CROWD
-    for single, crowded in zip(alone, together, strict=True):
-        assert crowded["label"] == single["label"]
-        assert crowded["scores"] == pytest.approx(single["scores"], abs=1e-6)
+    # Bit-identical: the served int8 is static, so a text's run mates cannot move its logits.
+    assert together == alone
 
 
 def learned_wait_after_a_burst(optimizer: type[dispatcher.Optimizer]) -> float:
