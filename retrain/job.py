@@ -38,7 +38,7 @@ REPORT_EVERY_S = 1.0
 # What describes the active version's own run rather than how to train: not inherited.
 NOT_INHERITED = (
     "data", "eval_data", "dev_data", "init_from", "name", "split", "parent", "threads",
-    "base_model", "epochs", "text_column", "label_column", "class_counts",
+    "base_model", "epochs", "text_column", "label_column",
 )  # fmt: skip
 
 
