@@ -19,9 +19,11 @@ the setup version (before) and of the one active after, on held-out topic tweets
 of validation.csv. Retrain settings come from the environment (REFIT_EPOCHS,
 INCREMENTAL_EPOCHS, REPLAY_*, GATE_*, RETRAIN_THREADS, WORKERS...); `--policies 10:1 0:2`
 interleaves retrain CPU policies (RETRAIN_NICE:RETRAIN_THREADS, the server restarts for
-each). SIGTERM or Ctrl-C stops each server's whole process tree, and a run refuses to
-start while another server or retrain is alive (bench/retrain_helpers.py). Prints a
-Markdown table; raw numbers go to bench/out/retrain_bench.json.
+each); `--bodies '{}' '{"strategy": "freeze"}'` interleaves POST /retrain bodies, and
+`--envs '' REPLAY_RATIO=2` server settings.
+SIGTERM or Ctrl-C stops each server's whole process tree, and a run refuses to start
+while another server or retrain is alive (bench/retrain_helpers.py). Prints a Markdown table;
+raw numbers go to bench/out/retrain_bench.json.
 """
 
 from __future__ import annotations
@@ -140,10 +142,8 @@ class Service:
         self.allow_strays = allow_strays
         self.others: list[str] = []  # other servers/retrains alive at a start (--allow-strays)
 
-    def set_policy(self, policy: str | None) -> None:
-        """Restart with a retrain CPU policy "NICE:THREADS" (None: the environment's)."""
-        nice, threads = policy.split(":") if policy else (None, None)
-        env = {"RETRAIN_NICE": nice, "RETRAIN_THREADS": threads}
+    def set_env(self, env: dict[str, str | None]) -> None:
+        """Restart with these server variables if any differs (None: the environment's)."""
         wanted = {k: v if v is not None else os.environ.get(k) for k, v in env.items()}
         if all(self.env.get(k) == v for k, v in wanted.items()):
             return
@@ -259,8 +259,8 @@ def scores(service: Service, data: TopicData, version: str) -> dict[str, float]:
 
 
 def one_run(
-    service: Service, mode: str, clients: int, setup_tag: str, args: argparse.Namespace,
-    texts: list[str],
+    service: Service, body: dict[str, Any], clients: int, setup_tag: str,
+    args: argparse.Namespace, texts: list[str],
 ) -> dict[str, Any]:  # fmt: skip
     """From the setup version: idle load, then one retrain under load; timings and the job."""
     service.call("POST", f"/models/{setup_tag}/activate")
@@ -269,7 +269,7 @@ def one_run(
         time.sleep(args.idle_seconds if clients else 0)
     start = time.monotonic()
     with Load(service.url, texts, clients) as busy:
-        job, job_s = service.run_job({"mode": mode}, args.job_timeout)
+        job, job_s = service.run_job(body, args.job_timeout)
         served = start + job_s
         if job["state"] == "succeeded":
             new = job["candidate_version"].split(":")[1]
@@ -293,6 +293,11 @@ HEADER = (
 )
 
 
+def env_variant(spec: str) -> dict[str, str]:
+    """`--envs` item "REPLAY_RATIO=2,INCREMENTAL_EPOCHS=1" as a dict ('' is {})."""
+    return dict(item.split("=", 1) for item in spec.split(",") if item)
+
+
 def env_policy() -> str:
     """The retrain CPU policy "NICE:THREADS" the environment (or the defaults) give."""
     fields = Settings.model_fields
@@ -314,8 +319,9 @@ def row(r: dict[str, Any]) -> str:
     ratio = f"{busy['p99_ms'] / idle['p99_ms']:.2f}×" if idle["p99_ms"] and busy["p99_ms"] else "–"
     b, a = r["f1_before"], r["f1_after"]
     failed = busy["failed"] + idle["failed"]
+    body = f" {json.dumps(r['body'])}" if r.get("body") else ""
     return (
-        f"| {r['topic']} | {r['n']} | {r['mode']} | {r['policy']} | {r['clients']} "
+        f"| {r['topic']} | {r['n']} | {r['mode']}{body} | {r['policy']} | {r['clients']} "
         f"| {r['job_s']:.0f} / {r['wall_s']:.0f} | {decision} "
         f"| {job['trained_examples']} ({job['replayed_examples']}) "
         f"| {phases} "
@@ -346,25 +352,30 @@ def bench_topic(name: str, home: Path, args: argparse.Namespace, results: dict[s
         info["f1_setup"] = scores(service, data, tag.split(":")[1])
         print(f"setup version {tag}: macro-F1 {info['f1_setup']}\n\n{HEADER}", flush=True)
         runs = [
-            (n, mode, clients, policy)
+            (n, mode, body, variant, clients, policy)
             for n in args.sizes
             for _ in range(args.rounds)
             for mode in args.modes
+            for body in args.bodies
+            for variant in args.envs
             for policy in args.policies  # each policy's quiet and loaded runs back to back
             for clients in args.clients
         ]
         # Re-posting deleted rows can fail in SQLite (reused ids vs tombstones): post once.
         marker = service.home / "topic-posted.json"
         posted = json.loads(marker.read_text()) if marker.exists() else None
-        for n, mode, clients, policy in runs:
+        varied = {k for variant in args.envs for k in variant}
+        for n, mode, body, variant, clients, policy in runs:
             if n != posted:
                 service.call("DELETE", "/examples", params={"source": "topic"})
                 service.post_examples(data.topic[:n], "topic")
                 marker.write_text(json.dumps(posted := n))
-            service.set_policy(policy)
-            r = {"topic": name, "n": n, "mode": mode, "clients": clients,
+            nice, threads = policy.split(":") if policy else (None, None)
+            service.set_env({"RETRAIN_NICE": nice, "RETRAIN_THREADS": threads}
+                            | {k: variant.get(k) for k in varied})  # fmt: skip
+            r = {"topic": name, "n": n, "mode": mode, "body": body | variant, "clients": clients,
                  "policy": policy or env_policy(), "load_before": os.getloadavg()}  # fmt: skip
-            r |= one_run(service, mode, clients, tag, args, texts)
+            r |= one_run(service, {"mode": mode, **body}, clients, tag, args, texts)
             r["load_after"] = os.getloadavg()
             r["f1_before"] = r["f1_after"] = info["f1_setup"]
             if candidate := r["job"].get("candidate_version"):
@@ -395,6 +406,11 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=[None], metavar="NICE:THREADS",
                         help="retrain CPU policies to interleave (the server restarts with "
                         "RETRAIN_NICE/RETRAIN_THREADS); default: the environment's")  # fmt: skip
+    parser.add_argument("--bodies", type=json.loads, nargs="+", default=[{}], metavar="JSON",
+                        help="POST /retrain fields besides mode, interleaved")  # fmt: skip
+    parser.add_argument("--envs", type=env_variant, nargs="+", default=[{}], metavar="K=V,K=V",
+                        help="server settings to interleave ('' is the environment's); "
+                        "the server restarts for each")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="repeat each N's runs")
     parser.add_argument(
         "--allow-strays",

@@ -7,7 +7,7 @@ Measures, in one run and interleaved (timings drift on shared machines):
 * the limit: the same ONNX model called in-process (`Classifier.score`) at
   batch sizes 1, 8 and 64 — the best of them is what serving could reach;
 * our service (`bentoml serve service.service:TextClassifier`) in each
-  `--configs` WORKERS:ORT_THREADS[:nospin] choice: single-text requests at
+  `--configs` WORKERS:ORT_THREADS[:nospin][:narrow] choice: single-text requests at
   concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency;
 * the service a user would write first (bench/naive_service.py): BentoML's
   example shape on the same model.onnx, one worker, padded batches;
@@ -53,27 +53,31 @@ NAIVE = "naive"
 
 @dataclass(frozen=True)
 class Config:
-    """One WORKERS x ORT_THREADS choice for our service, whether ORT threads spin, and
-    which model it serves (another name in the same store: e.g. the same weights as the
-    previous release exported them)."""
+    """One WORKERS x ORT_THREADS choice for our service, whether ORT threads spin, whether
+    lone texts may run wide (WIDE_LONE_TEXTS), and which model it serves (another name in
+    the same store: e.g. the same weights as the previous release exported them)."""
 
     workers: int
     threads: int
     spin: bool
     model: str | None
+    wide: bool = True
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        """WORKERS:ORT_THREADS[:nospin][@MODEL]"""
+        """WORKERS:ORT_THREADS[:nospin][:narrow][@MODEL]"""
         text, _, model = text.partition("@")
         workers, threads, *flags = text.split(":")
-        return cls(int(workers), int(threads), "nospin" not in flags, model or None)
+        return cls(
+            int(workers), int(threads), "nospin" not in flags, model or None, "narrow" not in flags
+        )
 
     @property
     def label(self) -> str:
         spin = "" if self.spin else " no spin"
+        narrow = "" if self.wide else " narrow"
         model = f" @{self.model}" if self.model else ""
-        return f"ours {self.workers}x{self.threads}{spin}{model}"
+        return f"ours {self.workers}x{self.threads}{spin}{narrow}{model}"
 
     def env(self, model: str, state_dir: Path) -> dict[str, str]:
         return {
@@ -83,6 +87,7 @@ class Config:
             "WORKERS": str(self.workers),
             "ORT_THREADS": str(self.threads),
             "ORT_SPIN": str(self.spin).lower(),
+            "WIDE_LONE_TEXTS": str(self.wide).lower(),
             "ALLOW_OVERSUBSCRIPTION": "true",
         }
 
@@ -393,8 +398,8 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=["2:1"],
-        help="our WORKERS:ORT_THREADS[:nospin][@MODEL] choices; the first one's cold start and "
-        "memory are reported",
+        help="our WORKERS:ORT_THREADS[:nospin][:narrow][@MODEL] choices; the first one's cold "
+        "start and memory are reported",
     )
     parser.add_argument(
         "--protocols", action="store_true", help="compare /predict, POST / and V2 infer instead"

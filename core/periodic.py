@@ -20,6 +20,7 @@ class Periodic:
         self.every = every
         self.tick = tick
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -28,6 +29,7 @@ class Periodic:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
 
@@ -35,8 +37,16 @@ class Periodic:
         """Sleep up to `seconds`; True if `stop` was called meanwhile."""
         return self._stop.wait(seconds)
 
+    def wake(self) -> None:
+        """Tick now rather than at the end of the current wait (a running tick finishes first)."""
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.every):
+        while True:
+            self._wake.wait(self.every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.tick()
             except Exception:

@@ -37,6 +37,7 @@ from service.admin_schemas import (
 )
 from service.docs import error_responses
 from service.errors import ErrorDetail, RefusedError
+from service.runner import wake_job_runner
 from service.settings import Settings
 from store import Store, examples, jobs, versions
 from store.examples import StoredExample
@@ -247,6 +248,7 @@ class AdminApi:
         body = body or RetrainRequest()
         params = {"mode": body.mode, "training": body.training_overrides()}
         out: RetrainOut = self._store(body, params)
+        wake_job_runner()
         return out
 
     def list_jobs(self) -> JobList:

@@ -82,6 +82,12 @@ class ServiceMetrics:
             namespace=NAMESPACE,
             buckets=TOKEN_BUCKETS,
         )
+        self.wide_runs = Counter(
+            "wide_runs",
+            "Lone texts scored on every worker's threads because the other workers were quiet "
+            "(WIDE_LONE_TEXTS).",
+            namespace=NAMESPACE,
+        )
 
         self.retrain_jobs = Counter(
             "retrain_jobs",
@@ -134,9 +140,12 @@ class ServiceMetrics:
         confidences: Sequence[float],
         seconds: float,
         tokens: int,
+        wide: bool = False,
     ) -> None:
         """Record one scored batch (`labels`/`confidences`: the winner per text)."""
         self.batch_size.observe(len(labels))
+        if wide:
+            self.wide_runs.inc()
         self.batch_seconds.observe(seconds)
         self.batch_tokens.observe(tokens)
         for label, count in collections.Counter(labels).items():

@@ -15,13 +15,14 @@ activation and rollback move.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core import registry
 from core.periodic import Periodic
 from core.registry import ModelVersion
-from core.runtime import Classifier
+from core.runtime import Classifier, Scored
+from service.activity import Activity
 from store import Store, versions
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class LoadedModel:
 
     version: ModelVersion
     classifier: Classifier
+    # The same model on every worker's threads, for a lone text while the others are quiet.
+    wide: Classifier | None = None
 
 
 def active_version_resolver(store: Store, model_name: str) -> Resolver:
@@ -88,10 +91,14 @@ class ModelHolder:
         threads: int,
         poll_seconds: float,
         spin: bool = True,
+        wide_threads: int = 0,
+        activity: Activity | None = None,
     ) -> None:
         self._resolver = resolver
         self._threads = threads
         self._spin = spin
+        self._wide_threads = wide_threads if activity is not None else 0
+        self._activity = activity
         self._loaded: LoadedModel | None = None
         self._failed_tag: str | None = None
         self._poller = Periodic("model-poller", poll_seconds, self.refresh)
@@ -144,7 +151,22 @@ class ModelHolder:
             spin=self._spin,
         )
         classifier.score(WARMUP_TEXTS)
-        return LoadedModel(version, classifier)
+        wide = None
+        if self._wide_threads > self._threads:
+            wide = Classifier(version.path, version.max_length, self._wide_threads, spin=self._spin)
+            wide.score(WARMUP_TEXTS[:1])
+        return LoadedModel(version, classifier, wide)
+
+    def score(self, loaded: LoadedModel, texts: Sequence[str]) -> tuple[Scored, bool]:
+        """Score with `loaded`; a lone text runs wide if the other workers are quiet.
+
+        Returns the scores and whether they came from the wide session.
+        """
+        if self._activity is None:
+            return loaded.classifier.score(texts), False
+        wide = loaded.wide if len(texts) == 1 and self._activity.quiet() else None
+        with self._activity.running():
+            return (wide or loaded.classifier).score(texts), wide is not None
 
     def start(self) -> None:
         """Load what is active now, then keep polling in a daemon thread."""
@@ -153,3 +175,7 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._poller.stop()
+
+    def wake(self) -> None:
+        """Ask the resolver now: a retrain this worker watched may have promoted a version."""
+        self._poller.wake()

@@ -28,6 +28,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+import bentoml
+from bentoml.exceptions import BentoMLException
+
 from core.periodic import Periodic
 from service.settings import Settings
 from store import Store, jobs
@@ -176,6 +179,10 @@ class JobRunner:
     def stop(self) -> None:
         self._loop.stop()
 
+    def wake(self) -> None:
+        """Look for a queued job now: this worker just queued one."""
+        self._loop.wake()
+
     def poll_once(self) -> Job | None:
         """Reap dead jobs, then claim and run one queued job; returns the job it ran."""
         if self.on_poll is not None:
@@ -251,3 +258,14 @@ def make_backend(settings: Settings) -> Backend:
 
         return KubernetesBackend(settings)
     return LocalBackend(settings)
+
+
+def wake_job_runner() -> None:
+    """Have this worker's runner claim a job it just queued now, not at its next poll."""
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:  # no server in this process (a test's in-process app)
+        return
+    runner = getattr(service, "jobs", None)
+    if isinstance(runner, JobRunner):
+        runner.wake()

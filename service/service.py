@@ -21,6 +21,7 @@ from typing import cast
 
 import bentoml
 
+from service.activity import worker_activity
 from service.api import build_api
 from service.batching import dispatch_without_learned_wait
 from service.client_errors import log_client_errors_in_one_line
@@ -32,6 +33,7 @@ from service.runner import JobRunner, make_backend
 from service.schemas import PREDICT_ROUTE, Prediction, Texts, predictions
 from service.settings import get_settings
 from store import examples, open_store
+from store.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,14 @@ class TextClassifier:
     def __init__(self) -> None:
         self.metrics = ServiceMetrics(settings.max_batch_size)
         self.store = open_store(settings.resolved_database_url)
+        self.activity = worker_activity() if settings.wide_threads else None
         self.holder = ModelHolder(
             resolver=active_version_resolver(self.store, settings.model_name),
             threads=settings.threads_per_worker,
             poll_seconds=settings.model_poll_seconds,
             spin=settings.ort_spin,
+            wide_threads=settings.wide_threads,
+            activity=self.activity,
         )
         self.holder.on_swap(self.metrics.swapped)
         self.holder.start()
@@ -65,7 +70,7 @@ class TextClassifier:
             self.store,
             make_backend(settings),
             settings,
-            on_finished=self.metrics.job_finished,
+            on_finished=self._job_finished,
             on_poll=self._count_examples,
         )
         self.jobs.start()
@@ -76,6 +81,10 @@ class TextClassifier:
             settings.max_batch_size,
             settings.max_latency_ms,
         )
+
+    def _job_finished(self, job: Job) -> None:
+        self.metrics.job_finished(job)
+        self.holder.wake()  # serve a promoted candidate now, not at the next poll
 
     def _count_examples(self) -> None:
         with self.store.transaction() as tx:
@@ -89,6 +98,8 @@ class TextClassifier:
     def stop_polling(self) -> None:
         self.holder.stop()
         self.jobs.stop()
+        if self.activity is not None:
+            self.activity.close()
 
     @bentoml.api(
         route=PREDICT_ROUTE,
@@ -102,7 +113,7 @@ class TextClassifier:
         # across two models, and `model_version` must name the one that scored it.
         loaded = self.holder.current()
         start = time.perf_counter()
-        scored = loaded.classifier.score(texts)
+        scored, wide = self.holder.score(loaded, texts)
         seconds = time.perf_counter() - start
         version = loaded.version.version
         answers = predictions(scored, loaded.version.labels, version)
@@ -112,6 +123,7 @@ class TextClassifier:
             [a.score for a in answers],
             seconds,
             scored.tokens,
+            wide,
         )
         return answers
 

@@ -49,6 +49,11 @@ class Settings(RetrainSettings):
         description="Let idle ONNX Runtime threads busy-wait for the next run; turn off when "
         "WORKERS x ORT_THREADS exceeds the cores.",
     )
+    wide_lone_texts: bool = Field(
+        True,
+        description="Run a request of one text on every worker's threads while no other "
+        "worker is running the model (a second, non-spinning session per worker).",
+    )
     allow_oversubscription: bool = Field(
         False, description="Allow WORKERS x ORT_THREADS to exceed the cores."
     )
@@ -115,6 +120,12 @@ class Settings(RetrainSettings):
                 "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return self
+
+    @property
+    def wide_threads(self) -> int:
+        """ORT threads for a lone text on an otherwise quiet server; 0: no wide session."""
+        wide = self.workers * self.threads_per_worker
+        return wide if self.wide_lone_texts and wide > self.threads_per_worker else 0
 
     @property
     def threads_per_worker(self) -> int:

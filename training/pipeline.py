@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import logging
 import platform
-import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,19 +27,17 @@ from core.registry import (
     EVAL_PREDICTIONS_FILE,
     HF_DIR,
     METRICS_FILE,
-    ONNX_FILE,
     REPORT_FILE,
     TRAINED_FILE,
     ModelVersion,
     register,
 )
-from core.runtime import Classifier
 from core.text import text_key
 from training import data as datamod
 from training.config import TrainConfig
 from training.data import LabeledData
-from training.evaluate import classification_metrics
-from training.export import check_parity, quantize_int8, torch_logits, write_onnx
+from training.export import check_parity, torch_logits, write_onnx
+from training.precision import choose_precision
 from training.report import write_report
 from training.strategies import merged_for_export
 from training.train import fine_tune, load_base, warm_start_folder
@@ -48,10 +45,6 @@ from training.train import fine_tune, load_base, warm_start_folder
 log = logging.getLogger(__name__)
 
 PARITY_SAMPLES = 64
-PRECISION_CHECK_TEXTS = 2000
-# Training texts that set int8's static activation scales, run one by one through fp32
-# (~5 s here). A 2026-12-01 probe on the tweets MiniLM: 64 and 256 within 0.1 macro-F1 point.
-CALIBRATION_TEXTS = 256
 LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxruntime", "tokenizers", "bentoml")
 
 
@@ -142,76 +135,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def int8_within_budget(fp32_macro_f1: float, int8_macro_f1: float, budget: float) -> bool:
-    """int8 is kept if it loses at most `budget` macro-F1 (absolute) against fp32."""
-    return fp32_macro_f1 - int8_macro_f1 <= budget
-
-
-def choose_precision(
-    staging: Path, splits: Splits, cfg: TrainConfig, progress: Progress
-) -> tuple[str, dict[str, Any], dict[str, Any], list[int]]:
-    """Quantize to int8, keep it only within the macro-F1 budget.
-
-    Returns (precision kept, its metrics, metrics of every precision tried,
-    its prediction per evaluation text).
-    """
-    texts, labels, names = splits.eval.texts, splits.eval.labels, splits.eval.label_names
-    # fp32 is scored on at most PRECISION_CHECK_TEXTS of them: enough to compare it with
-    # int8 on the same texts, and the kept model is scored on all of them anyway.
-    check = min(len(texts), PRECISION_CHECK_TEXTS)
-
-    def score(precision: str, upto: int) -> list[int]:
-        progress(
-            PHASES["evaluate" if precision == "fp32" else "quantize"] + 0.02,
-            f"evaluating {precision} on {upto} held-out texts",
-        )
-        classifier = Classifier(staging, cfg.max_length, cfg.cpu_threads)
-        return classifier.predict_indices(texts[:upto])
-
-    def metrics(predicted: list[int]) -> dict[str, Any]:
-        return classification_metrics(labels[: len(predicted)], predicted, names)
-
-    if not cfg.int8:
-        fp32_all = score("fp32", len(texts))
-        return "fp32", metrics(fp32_all), {"fp32": metrics(fp32_all)}, fp32_all
-    fp32_check = score("fp32", check)
-    fp32_path = staging / "model.fp32.onnx"
-    (staging / ONNX_FILE).rename(fp32_path)
-
-    def keep_fp32(scores: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], list[int]]:
-        fp32_path.replace(staging / ONNX_FILE)
-        if check == len(texts):
-            return "fp32", scores["fp32"], scores, fp32_check
-        fp32_all = score("fp32", len(texts))
-        return "fp32", metrics(fp32_all), scores, fp32_all
-
-    progress(PHASES["quantize"], "quantizing to int8")
-    train_texts = splits.train.texts
-    calibration = random.Random(cfg.seed).sample(
-        train_texts, min(len(train_texts), CALIBRATION_TEXTS)
-    )
-    try:
-        quantize_int8(fp32_path, staging / ONNX_FILE, calibration, cfg.max_length)
-    except Exception:  # its shape inference raises bare Exceptions on graphs it cannot follow
-        log.exception("int8 quantization failed; keeping the fp32 model")
-        return keep_fp32({"fp32": metrics(fp32_check)})
-    int8_all = score("int8", len(texts))
-    scores = {"fp32": metrics(fp32_check), "int8": metrics(int8_all[:check])}
-    if int8_within_budget(scores["fp32"]["macro_f1"], scores["int8"]["macro_f1"], cfg.int8_budget):
-        fp32_path.unlink()
-        log.info(
-            "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts",
-            scores["int8"]["macro_f1"], scores["fp32"]["macro_f1"], check,
-        )  # fmt: skip
-        return "int8", metrics(int8_all), scores, int8_all
-    log.warning(
-        "int8 lost %.4f macro-F1 (budget %.4f); keeping the fp32 model instead",
-        scores["fp32"]["macro_f1"] - scores["int8"]["macro_f1"],
-        cfg.int8_budget,
-    )
-    return keep_fp32(scores)
-
-
 @dataclass(frozen=True)
 class Fitted:
     """A registered version, and its prediction per evaluation text (a gate reuses them)."""
@@ -221,7 +144,7 @@ class Fitted:
 
 
 # Where each phase starts, as a share of the whole fit (training is most of it).
-PHASES = {"export": 0.8, "evaluate": 0.84, "quantize": 0.9, "register": 0.97}
+PHASES = {"export": 0.8, "quantize": 0.86, "register": 0.97}
 Progress = Callable[[float, str], None]
 
 
@@ -275,15 +198,21 @@ def run_fit(
             cfg.parity_atol,
         )
         clock.lap("export")
-        precision, evaluation, scores, predicted = choose_precision(staging, splits, cfg, report)
-        write_eval_predictions(staging / EVAL_PREDICTIONS_FILE, splits.eval.texts, predicted)
+        span = PHASES["register"] - PHASES["quantize"]
+        chosen = choose_precision(
+            staging, splits.eval, splits.train.texts, cfg,
+            lambda done, message: report(PHASES["quantize"] + span * done, message),
+        )  # fmt: skip
+        precision, evaluation = chosen.precision, chosen.evaluation
+        write_eval_predictions(staging / EVAL_PREDICTIONS_FILE, splits.eval.texts, chosen.predicted)
         clock.lap("quantize_and_evaluate")
         report(PHASES["register"], "registering the version")
         metrics = {
             "evaluation": evaluation,
             "precision": precision,
-            "fp32_macro_f1": scores["fp32"]["macro_f1"],
-            "int8_macro_f1": scores["int8"]["macro_f1"] if "int8" in scores else None,
+            "fp32_macro_f1": chosen.fp32_macro_f1,
+            "int8_macro_f1": chosen.int8_macro_f1,
+            "precision_check": chosen.check,
             "parity": {
                 "max_abs_logit_diff": parity.max_abs_diff,
                 "label_agreement": parity.agreement,
@@ -340,4 +269,4 @@ def run_fit(
         evaluation["macro_f1"],
         time.time() - started,
     )
-    return Fitted(version, predicted)
+    return Fitted(version, chosen.predicted)

@@ -1,11 +1,15 @@
-"""The model holder in-process: a version that fails to load never takes serving down."""
+"""The model holder in-process: a version that fails to load never takes serving down,
+and a lone text runs on every core only while the other workers are idle."""
 
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytest
 
+from service.activity import QUIET_S, SLOTS, Activity
 from service.model_holder import ModelHolder, NoModelError
 
 
@@ -33,3 +37,57 @@ def test_a_broken_version_is_skipped_and_the_served_one_stays(
     with caplog.at_level(logging.ERROR):
         assert not holder.refresh()
     assert caplog.text == ""  # a failed version is not retried (and logged) every poll
+
+
+def test_a_lone_text_runs_wide_only_while_the_other_workers_are_quiet(
+    tiny_version: str, tmp_path: Path
+) -> None:
+    mine, other = Activity(0, tmp_path / "activity"), Activity(1, tmp_path / "activity")
+    holder = ModelHolder(
+        resolver=lambda: tiny_version, threads=1, poll_seconds=60, wide_threads=2, activity=mine
+    )
+    holder.refresh()
+    loaded = holder.current()
+    assert loaded.wide is not None and loaded.classifier is not loaded.wide
+
+    alone, wide = holder.score(loaded, ["the food was great"])
+    assert wide
+    with other.running():
+        busy, wide = holder.score(loaded, ["the food was great"])
+        assert not wide
+    assert not holder.score(loaded, ["the food was great"])[1]  # the other ran just now
+    time.sleep(QUIET_S * 2)
+    assert holder.score(loaded, ["the food was great"])[1]
+    assert not holder.score(loaded, ["two texts", "never go wide"])[1]
+    assert (alone.logits == busy.logits).all()  # bit-identical on 1 and 2 threads
+
+
+def test_activity_shows_a_running_worker_and_one_that_ran_lately(tmp_path: Path) -> None:
+    a, b = Activity(0, tmp_path / "activity"), Activity(3, tmp_path / "activity")
+    assert a.quiet() and b.quiet()
+    with a.running():
+        with a.running():
+            assert not b.quiet() and not a.quiet()
+        assert not b.quiet(seconds=0)  # the outer batch is still running
+    assert not b.quiet() and b.quiet(seconds=0) and a.quiet()
+    time.sleep(QUIET_S * 2)
+    assert b.quiet()
+    a.close()
+    assert not (tmp_path / "activity").exists()
+    with pytest.raises(ValueError, match="outside"):
+        Activity(SLOTS, tmp_path / "activity")
+
+
+def test_a_woken_holder_swaps_without_waiting_for_its_poll(tiny_version: str) -> None:
+    wanted: list[str | None] = [None]
+    holder = ModelHolder(resolver=lambda: wanted[0], threads=1, poll_seconds=60)
+    holder.start()
+    try:
+        wanted[0] = tiny_version
+        holder.wake()  # what a finished retrain does in the worker that watched it
+        deadline = time.monotonic() + 30
+        while not holder.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder.ready and holder.current().version.tag == tiny_version
+    finally:
+        holder.stop()

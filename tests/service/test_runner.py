@@ -1,4 +1,5 @@
-"""The job runner in-process: a training process past RETRAIN_TIMEOUT_S is killed and failed."""
+"""The job runner in-process: a training process past RETRAIN_TIMEOUT_S is killed and failed,
+and a woken runner claims a queued job at once."""
 
 from __future__ import annotations
 
@@ -41,3 +42,23 @@ def test_a_job_past_its_time_limit_is_killed_and_failed(tmp_path: Path) -> None:
     assert finished.state == JobState.FAILED and "timed out after 10 s" in (finished.error or "")
     assert 10 <= time.monotonic() - started < 20
     assert backend.launched[0].poll() is not None  # the process is gone
+
+
+def test_a_queued_job_starts_when_the_runner_is_woken_not_at_its_next_poll(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    backend = SleepingTraining(tmp_path / "job.log")
+    runner = JobRunner(store, backend, Settings(model_poll_seconds=60, state_dir=tmp_path))
+    runner.start()
+    try:
+        with store.transaction() as tx:
+            jobs.create(tx, "m", {})
+        runner.wake()  # what POST /retrain does in the worker that queued the job
+        deadline = time.monotonic() + 10
+        while not backend.launched and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.launched, "the woken runner did not claim the job"
+    finally:
+        runner.stop()
+    assert backend.launched[0].wait(timeout=10) is not None  # stopping killed the child

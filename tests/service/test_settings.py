@@ -24,6 +24,13 @@ def test_default_threads_share_the_cores_evenly() -> None:
     assert Settings(workers=1).threads_per_worker == cores
 
 
+def test_a_lone_text_goes_wide_only_when_there_is_more_than_one_worker_to_borrow_from() -> None:
+    many = dict(workers=2, ort_threads=1, allow_oversubscription=True)
+    assert Settings(**many).wide_threads == 2
+    assert Settings(**many, wide_lone_texts=False).wide_threads == 0
+    assert Settings(workers=1, ort_threads=1).wide_threads == 0
+
+
 def test_a_short_admin_token_is_refused_with_how_to_make_one() -> None:
     with pytest.raises(ValidationError, match=r"at least 16 characters.*secrets.token_urlsafe"):
         Settings(admin_token="short")

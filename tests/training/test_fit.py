@@ -14,7 +14,7 @@ from core.runtime import Classifier
 from core.text import in_eval_split
 from tests.helpers import fit_tiny, run_training_cli
 from training.data import load
-from training.pipeline import int8_within_budget
+from training.precision import int8_within_budget
 
 
 def op_types(path: Path) -> set[str]:
@@ -51,6 +51,8 @@ def test_registered_model_is_int8_when_within_budget(tiny_version: str) -> None:
     assert metrics["precision"] == version.metadata["precision"] == "int8"
     budget = version.metadata["config"]["int8_budget"]
     assert metrics["fp32_macro_f1"] - metrics["int8_macro_f1"] <= budget
+    check = metrics["precision_check"]  # both precisions' labels on every evaluation text
+    assert check["texts"] == version.metadata["examples"]["eval"] >= check["fp32_scored"] > 0
     assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(version.path / ONNX_FILE)
     assert Classifier(version.path, version.max_length, threads=1).batch_invariant
 
