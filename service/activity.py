@@ -19,6 +19,7 @@ the others stay narrow, which is only the default speed.
 
 from __future__ import annotations
 
+import logging
 import math
 import mmap
 import os
@@ -31,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import bentoml
+
+log = logging.getLogger(__name__)
 
 SLOTS = 256  # workers a server may have; more than any core count it runs on
 SLOT = struct.Struct("d")  # time.monotonic() the worker's last run ended; inf while running
@@ -92,6 +95,14 @@ class Activity:
 
 
 def worker_activity() -> Activity | None:
-    """This BentoML worker's slot in its server's activity file; None outside a server."""
+    """This BentoML worker's slot in its server's activity file; None outside a server,
+    or where the file cannot be made (lone texts then stay on the worker's threads)."""
     index = bentoml.server_context.worker_index
-    return Activity(index - 1) if index else None
+    if not index:
+        return None
+    try:
+        return Activity(index - 1)
+    except OSError as exc:
+        log.warning("lone texts stay on one worker's threads: cannot share %s: %s",
+                    shared_path(), exc)  # fmt: skip
+        return None

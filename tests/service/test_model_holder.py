@@ -4,12 +4,14 @@ and a lone text runs on every core only while the other workers are idle."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
+import bentoml
 import pytest
 
-from service.activity import QUIET_S, SLOTS, Activity
+from service.activity import QUIET_S, SLOTS, Activity, worker_activity
 from service.model_holder import ModelHolder, NoModelError
 
 
@@ -91,3 +93,18 @@ def test_a_woken_holder_swaps_without_waiting_for_its_poll(tiny_version: str) ->
         assert holder.ready and holder.current().version.tag == tiny_version
     finally:
         holder.stop()
+
+
+def test_a_worker_without_a_shared_activity_file_stays_narrow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bentoml.server_context, "worker_index", None)
+    assert worker_activity() is None  # not a BentoML worker
+    monkeypatch.setattr(bentoml.server_context, "worker_index", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    activity = worker_activity()
+    assert activity is not None and activity.path.parent == tmp_path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with caplog.at_level(logging.WARNING):
+        assert worker_activity() is None
+    assert "lone texts stay on one worker's threads" in caplog.text
