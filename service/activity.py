@@ -102,7 +102,7 @@ def worker_activity() -> Activity | None:
         return None
     try:
         return Activity(index - 1)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # no temp dir to share; more workers than SLOTS
         log.warning("lone texts stay on one worker's threads: cannot share %s: %s",
                     shared_path(), exc)  # fmt: skip
         return None

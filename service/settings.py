@@ -51,8 +51,8 @@ class Settings(RetrainSettings):
     )
     wide_lone_texts: bool = Field(
         True,
-        description="Run a request of one text on every worker's threads while no other "
-        "worker is running the model (a second, non-spinning session per worker).",
+        description="Run a request of one text on every worker's threads (a second session "
+        "per worker) while no other worker has run the model for 50 ms.",
     )
     allow_oversubscription: bool = Field(
         False, description="Allow WORKERS x ORT_THREADS to exceed the cores."
