@@ -150,10 +150,11 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
         reference, check = fp32_labels(
             int8, lambda rows: fp32.logits([texts[i] for i in rows]), cfg.seed
         )
-        predicted = [int(i) for i in int8.argmax(axis=1)]
+        int8_labels = int8.argmax(axis=1)
+        predicted = [int(i) for i in int8_labels]
         fp32_f1 = metrics(reference)["macro_f1"]
         evaluation = metrics(predicted)
-        check["label_flips"] = int((reference != int8.argmax(axis=1)).sum())
+        check["label_flips"] = int((reference != int8_labels).sum())
         if not int8_within_budget(fp32_f1, evaluation["macro_f1"], cfg.int8_budget):
             log.warning(
                 "int8 lost %.4f macro-F1 (budget %.4f); keeping the fp32 model instead",
