@@ -158,6 +158,8 @@ class Service:
 
     def start(self) -> None:
         self.others += ensure_no_strays(self.home / "state", self.allow_strays)
+        standbys = self.home / "state" / "jobs" / "standby.log"
+        ready_before = standbys.read_text().count("ready") if standbys.exists() else 0
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
         with (self.home / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -168,11 +170,22 @@ class Service:
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if self.http.get("/readyz", timeout=2).status_code == 200:
-                    return
+                    break
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
+        else:
+            raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
+        if self.env.get("RETRAIN_STANDBY", "true").lower() in ("false", "0"):
+            return
+        # A service in use has had time to start its standbys (service/runner.py): so
+        # the first job after a restart starts warm like every later one.
+        workers = int(self.env.get("WORKERS") or os.cpu_count() or 1)  # Settings' default
+        while time.monotonic() < deadline:
+            if standbys.exists() and standbys.read_text().count("ready") >= ready_before + workers:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"no retrain standby became ready; see {standbys}")
 
     def stop(self) -> None:
         """The server's whole tree: its workers and any retrain they run (retrain_helpers)."""

@@ -11,7 +11,7 @@ time. The CPU arena is off, so memory does not grow with every new input shape
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,12 @@ def length_runs(lengths: Sequence[int], max_padding: float, max_rows: int) -> li
     return runs
 
 
+def _load_session(model_dir: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(model_dir / ONNX_FILE), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
 @dataclass(frozen=True)
 class Scored:
     """A batch's logits, probabilities and tokens (the model ran on exactly those)."""
@@ -102,6 +108,19 @@ class Scored:
     logits: npt.NDArray[np.float32]
     probabilities: npt.NDArray[np.float32]
     tokens: int
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Run on `threads` (not spinning) each run that starts while `quiet()` holds.
+
+    What a retrain's evaluation does with the cores idle serving workers leave
+    (`core.activity.serving_burst`). A run's logits are the same bits on any
+    number of threads (bench/SERVING.md), so a decision never depends on it.
+    """
+
+    threads: int
+    quiet: Callable[[], bool]
 
 
 class Classifier:
@@ -119,11 +138,14 @@ class Classifier:
         max_padding: float = MAX_PADDING,
         max_rows: int = MAX_RUN_ROWS,
         spin: bool = True,
+        burst: Burst | None = None,
     ) -> None:
-        self.session = ort.InferenceSession(
-            str(model_dir / ONNX_FILE),
-            sess_options=session_options(threads, spin),
-            providers=["CPUExecutionProvider"],
+        self.session = _load_session(model_dir, session_options(threads, spin))
+        self.burst = burst if burst is not None and burst.threads > threads else None
+        self.wide = (
+            _load_session(model_dir, session_options(self.burst.threads, spin=False))
+            if self.burst is not None
+            else None
         )
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
         marks = self.session.get_modelmeta().custom_metadata_map
@@ -146,11 +168,19 @@ class Classifier:
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         lengths = [len(row) for row in ids]
         runs = length_runs(lengths, self.max_padding, self.max_rows)
-        outputs = [self.session.run(["logits"], feeds([ids[i] for i in run]))[0] for run in runs]
+        outputs = [
+            self._next_session().run(["logits"], feeds([ids[i] for i in run]))[0] for run in runs
+        ]
         logits = np.empty((len(ids), outputs[0].shape[1]), dtype=np.float32)
         for run, output in zip(runs, outputs, strict=True):
             logits[run] = output
         return logits, sum(lengths)
+
+    def _next_session(self) -> ort.InferenceSession:
+        """The session for the next run: the wide one while the burst's `quiet` holds."""
+        if self.wide is not None and self.burst is not None and self.burst.quiet():
+            return self.wide
+        return self.session
 
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Class probabilities, one row per text, in input order."""

@@ -74,11 +74,20 @@ class RetrainSettings(StateSettings):
     refit_every: int = Field(
         10, ge=1, description="auto: refit after this many incremental versions in a row."
     )
+    serving_activity: Path | None = Field(
+        None,
+        description="Set by the local backend, not by hand: the serving workers' activity "
+        "file. While they are quiet, a retrain's evaluation runs on every core.",
+    )
 
     def retrain_env(self) -> dict[str, str]:
         """These settings as environment variables, for the process or Job that retrains."""
         fields = RetrainSettings.model_fields
-        env = {name.upper(): str(getattr(self, name)) for name in fields if name != "state_dir"}
+        env = {
+            name.upper(): str(value)
+            for name in fields
+            if name != "state_dir" and (value := getattr(self, name)) is not None
+        }
         env["STATE_DIR"] = str(self.state_dir)
         env["DATABASE_URL"] = self.resolved_database_url
         return env

@@ -1,16 +1,20 @@
-"""`python -m retrain run --job-id ID | bootstrap`: the code that joins training and the store.
+"""`python -m retrain run | standby | bootstrap`: the code that joins training and the store.
 
 `run` executes one queued retrain job (the service launches it as a child
-process or a Kubernetes Job); `bootstrap` is the first run of `make serve`.
-Settings come from the environment (`core.settings.RetrainSettings`).
+process or a Kubernetes Job); `standby` is the same, imported ahead of its job
+(see `standby`); `bootstrap` is the first run of `make serve`. Settings come
+from the environment (`core.settings.RetrainSettings`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger("retrain")
 
@@ -34,11 +38,46 @@ def run(job_id: str) -> int:
     return 0
 
 
+def _log_to(path: Path) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to `path`, appending."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def standby(parser: argparse.ArgumentParser) -> int:
+    """Import what a job needs, then wait on stdin for the job: a warm start for local retrains.
+
+    Importing torch, transformers and ONNX Runtime's tools is ~6 s of every cold
+    job (`python -X importtime`); the local backend keeps one of these waiting
+    between jobs, so a job pays that while the service is idle instead. The line
+    it reads is `run`'s arguments (`run --job-id ID --log PATH`); end of input,
+    the runner stopping, ends it.
+    """
+    import retrain.job  # noqa: F401  (the imports are the point)
+
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    args = parser.parse_args(shlex.split(line))
+    if args.command != "run" or args.log is None:
+        parser.error(f"standby takes `run --job-id ID --log PATH`, not {line.strip()!r}")
+    _log_to(args.log)
+    return run(args.job_id)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     job = sub.add_parser("run", help="run one queued retrain job (DATABASE_URL, BENTOML_HOME)")
     job.add_argument("--job-id", required=True)
+    job.add_argument("--log", type=Path, help="append stdout and stderr to this file")
+    sub.add_parser("standby", help="import, then run the job whose `run` arguments come on stdin")
     sub.add_parser("bootstrap", help="first run: a quick model now, the full one queued")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(
@@ -49,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ours in ("retrain", "training", "core", "store"):
         logging.getLogger(ours).setLevel(logging.INFO)
     if args.command == "run":
+        if args.log is not None:
+            _log_to(args.log)
         return run(args.job_id)
+    if args.command == "standby":
+        return standby(parser)
     from retrain.bootstrap import main as bootstrap
 
     return bootstrap(rest)

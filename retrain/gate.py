@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.registry import ModelVersion
-from core.runtime import Classifier
+from core.runtime import Burst, Classifier
 from core.settings import RetrainSettings
 from core.text import text_key
 
@@ -51,8 +51,9 @@ def paired_interval(
 
 
 def active_predictions(
-    active: ModelVersion, texts: Sequence[str], labels: Sequence[str], threads: int
-) -> Ints:
+    active: ModelVersion, texts: Sequence[str], labels: Sequence[str], threads: int,
+    burst: Burst | None = None,
+) -> Ints:  # fmt: skip
     """The active version's labels as indices into `labels` (-1: a label it does not have).
 
     Texts it was already evaluated on (as a candidate) are not scored again.
@@ -62,7 +63,8 @@ def active_predictions(
     keys = [text_key(t) for t in texts]
     missing = [t for t, k in zip(texts, keys, strict=True) if k not in known]
     if missing:
-        scored = Classifier(active.path, active.max_length, threads).predict_indices(missing)
+        classifier = Classifier(active.path, active.max_length, threads, burst=burst)
+        scored = classifier.predict_indices(missing)
         known |= dict(zip((text_key(t) for t in missing), scored, strict=True))
     return np.array([index.get(active.labels[known[k]], -1) for k in keys], dtype=np.int64)
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core import registry
+from core.activity import serving_burst
 from core.settings import RetrainSettings
 from core.text import text_key
 from retrain.gate import Decision, active_predictions, decide
@@ -84,6 +86,7 @@ def build_config(
         "epochs": settings.incremental_epochs if incremental else settings.refit_epochs,
         "parent": active.tag if active else None,
         "threads": settings.retrain_threads,
+        "serving_activity": settings.serving_activity,
         "class_counts": plan.class_counts,
     }
     if incremental:
@@ -119,8 +122,10 @@ def _gate(
     y = np.array([index[r.label] for r in rows], dtype=np.int64)
     cand = np.array([candidate_predictions[i] for i in keep], dtype=np.int64)
     new = np.array([r.new for r in rows], dtype=bool)
+    burst = serving_burst(settings.serving_activity, settings.retrain_threads)
+    texts = [r.text for r in rows]
     act = (
-        active_predictions(active, [r.text for r in rows], labels, settings.retrain_threads)
+        active_predictions(active, texts, labels, settings.retrain_threads, burst)
         if active and rows
         else None
     )
@@ -147,6 +152,8 @@ def run_job(job_id: str, store: Store, settings: RetrainSettings) -> JobState:
         snapshot = examples.snapshot(tx)
     active = registry.get(active_tag) if active_tag else None
     report = Reporter(store, job_id)
+    if job.started_at is not None:  # claim to here: the process's start and imports
+        report.phases["start"] = round((datetime.now(UTC) - job.started_at).total_seconds(), 2)
     with jobs.heartbeats(store, job_id):
         try:
             plan = make_plan(snapshot, job.params.get("mode", "auto"), active, since, settings)

@@ -177,6 +177,12 @@ def make_plan(
     mode, reason = choose_mode(requested, active, since, rows, settings)
     train_rows = _drop_small_labels([r for r in rows if not r.eval], skipped)
     labels = {r.label for r in train_rows}
+    if len(labels) < 2:
+        raise PlanError(
+            f"nothing to train on: the store's training split has {len(train_rows)} usable "
+            f"example(s) of {len(labels)} label(s); a classifier needs two or more labels "
+            f"with {MIN_PER_LABEL} training examples each: add examples (POST /examples)"
+        )
     eval_rows = []
     for r in (r for r in rows if r.eval):
         if r.label in labels:

@@ -1,97 +1,14 @@
-"""Which workers of this server ran the model lately, so a lone text can use every core.
-
-A lone text runs faster on every core than on a worker's one thread, but only
-while the other workers are quiet: under load, lone texts keep arriving, and
-workers that each run several threads on the same cores stall each other.
-Checking that no other worker is running *now* was not enough (bench/SERVING.md,
-2026-12-01: 146-151 vs 255-280 texts/s at 8 clients), because at 8 clients a
-worker is idle for a few milliseconds between batches. So each worker writes,
-in a small file shared by the server's workers, when its last run ended (or
-that it is running), and a lone text goes wide only when no other worker has
-run for `QUIET_S`.
-
-The file is keyed by the parent process (BentoML's arbiter, the same for all
-workers of one server), in the temporary directory: one per server, nothing
-to configure, removed when the workers shut down. A worker killed mid-run
-leaves its slot "running" until its replacement (same slot) starts; meanwhile
-the others stay narrow, which is only the default speed.
-"""
+"""This BentoML worker's slot in its server's activity file (`core.activity`)."""
 
 from __future__ import annotations
 
 import logging
-import math
-import mmap
-import os
-import struct
-import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import bentoml
 
+from core.activity import Activity, shared_path
+
 log = logging.getLogger(__name__)
-
-SLOTS = 256  # workers a server may have; more than any core count it runs on
-SLOT = struct.Struct("d")  # time.monotonic() the worker's last run ended; inf while running
-QUIET_S = 0.05  # no other worker ran for this long: the other cores are free
-
-
-def shared_path() -> Path:
-    return Path(tempfile.gettempdir()) / f"selftune-activity-{os.getppid()}"
-
-
-class Activity:
-    """This worker's `slot` in the server's activity file, and a look at the others'."""
-
-    def __init__(self, slot: int, path: Path | None = None) -> None:
-        if not 0 <= slot < SLOTS:
-            raise ValueError(f"worker slot {slot} is outside 0..{SLOTS - 1}")
-        size = SLOTS * SLOT.size
-        self.path = path or shared_path()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self._slots = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self._slot = slot
-        self._running = 0  # this worker's batches in flight (BentoML may overlap them)
-        self._lock = threading.Lock()
-        self._write(0.0)
-
-    def _write(self, value: float) -> None:
-        SLOT.pack_into(self._slots, self._slot * SLOT.size, value)
-
-    def quiet(self, seconds: float = QUIET_S) -> bool:
-        """True when this worker runs nothing and no other one ran in the last `seconds`."""
-        if self._running:
-            return False
-        since = time.monotonic() - seconds
-        ends = (value for (value,) in SLOT.iter_unpack(self._slots))
-        return all(end <= since for k, end in enumerate(ends) if k != self._slot)
-
-    def close(self) -> None:
-        """At shutdown: remove the file (workers that still run keep their mapping)."""
-        self.path.unlink(missing_ok=True)
-
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        """Mark this worker running for the duration of the block."""
-        with self._lock:
-            self._running += 1
-            self._write(math.inf)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running -= 1
-                if not self._running:
-                    self._write(time.monotonic())
 
 
 def worker_activity() -> Activity | None:

@@ -245,6 +245,12 @@ class KubernetesBackend:
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)
 
+    def idle(self) -> None:
+        """Nothing to prepare ahead: every Job starts in a pod of its own."""
+
+    def close(self) -> None:
+        """Nothing to stop: the Jobs outlive this runner."""
+
     def launch(self, job: Job) -> KubernetesJob:
         name = job_name(job.id)
         manifest = self.build_job(self.read_template(), job.id)

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core import registry
+from core.activity import Activity
 from core.periodic import Periodic
 from core.registry import ModelVersion
 from core.runtime import Classifier, Scored
-from service.activity import Activity
 from store import Store, versions
 
 log = logging.getLogger(__name__)

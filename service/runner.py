@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import bentoml
 from bentoml.exceptions import BentoMLException
@@ -39,6 +40,10 @@ from store.jobs import HEARTBEAT_SECONDS, Job, JobState
 log = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 2000
+# A standby starts this long after the runner does: the workers load their models first.
+STANDBY_AFTER_S = 15.0
+STANDBY_RETRY_S = 60.0  # after a standby died unasked: not a crash loop of imports
+STANDBY_LOG = "standby.log"  # what a standby prints before it is handed a job
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,6 +62,12 @@ class Backend(Protocol):
     jobs_outlive_runner: bool
 
     def launch(self, job: Job) -> RunningJob: ...
+
+    def idle(self) -> None:
+        """Called at each poll that found no job to run: a chance to prepare for the next."""
+
+    def close(self) -> None:
+        """The runner is stopping."""
 
 
 def _autogroup_nice(nice: int) -> None:
@@ -90,8 +101,7 @@ class LocalProcess:
         return self.process.poll()
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
+        _kill(self.process)
 
     def log_tail(self) -> str:
         try:
@@ -111,21 +121,35 @@ class LocalBackend:
     p99 rose 1.93x; 1.5-2.5x and 1.3-2.3x over 4 runs on a shared machine
     (bench/RETRAIN.md, 2026-12-01; targets 3x and 2x). The child dies with its parent,
     so a killed server leaves no orphan training behind.
+
+    Between jobs it keeps a standby (`python -m retrain standby`, RETRAIN_STANDBY):
+    the same process, started and imported ahead, which the next job is handed to.
+    Given the workers' activity file, a job evaluates on every core while they are quiet.
     """
 
     jobs_outlive_runner = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        activity: Path | None = None,
+        standby_after_s: float = STANDBY_AFTER_S,
+    ) -> None:
         self.settings = settings
+        self.activity = activity
+        self._logs = settings.state_dir.resolve() / "jobs"
+        self._standby: subprocess.Popen[bytes] | None = None
+        self._standby_from = time.monotonic() + standby_after_s
 
-    def launch(self, job: Job) -> RunningJob:
-        logs = self.settings.state_dir.resolve() / "jobs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{job.id}.log"
+    def _start(
+        self, args: list[str], out: IO[bytes], stdin: int | None = None
+    ) -> subprocess.Popen[bytes]:
         threads = str(self.settings.retrain_threads)
+        serving = {"SERVING_ACTIVITY": str(self.activity)} if self.activity else {}
         env = (
             os.environ
             | self.settings.retrain_env()
+            | serving
             | {
                 "OMP_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads,
@@ -139,19 +163,77 @@ class LocalBackend:
             os.nice(nice)
             _die_with_parent()
 
+        return subprocess.Popen(
+            [sys.executable, "-m", "retrain", *args],
+            stdin=stdin,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True,  # its own autogroup (_autogroup_nice)
+            # only one write to /proc, nice and prctl: safe between fork and exec
+            preexec_fn=prepare,
+        )
+
+    def idle(self) -> None:
+        """No job is running here: have a standby ready for the next one (once past start-up,
+        so its imports do not compete with the workers loading their models)."""
+        if self._standby is not None and (code := self._standby.poll()) is not None:
+            log.warning("retrain standby exited with code %s; the next in %g s (log: %s)",
+                        code, STANDBY_RETRY_S, self._logs / STANDBY_LOG)  # fmt: skip
+            self._standby = None
+            self._standby_from = time.monotonic() + STANDBY_RETRY_S
+        if not self.settings.retrain_standby or self._standby is not None:
+            return
+        if time.monotonic() >= self._standby_from:
+            self._logs.mkdir(parents=True, exist_ok=True)
+            with (self._logs / STANDBY_LOG).open("ab") as out:
+                self._standby = self._start(["standby"], out, stdin=subprocess.PIPE)
+
+    def launch(self, job: Job) -> RunningJob:
+        self._logs.mkdir(parents=True, exist_ok=True)
+        log_path = self._logs / f"{job.id}.log"
+        args = ["run", "--job-id", job.id, "--log", str(log_path)]
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            if _hand_over(standby, args):
+                log.info("job=%s handed to standby pid=%d log=%s", job.id, standby.pid, log_path)
+                return LocalProcess(standby, log_path)
+            _kill(standby)  # it died meanwhile: start cold
         with log_path.open("ab") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "retrain", "run", "--job-id", job.id],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=Path(__file__).resolve().parent.parent,
-                start_new_session=True,  # its own autogroup (_autogroup_nice)
-                # only one write to /proc, nice and prctl: safe between fork and exec
-                preexec_fn=prepare,
-            )
+            process = self._start(args, out)
         log.info("job=%s started pid=%d log=%s", job.id, process.pid, log_path)
         return LocalProcess(process, log_path)
+
+    def close(self) -> None:
+        """Stop the standby, if any: the end of its input tells it to exit."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return
+        with contextlib.suppress(OSError):
+            if standby.stdin is not None:
+                standby.stdin.close()
+        try:
+            standby.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _kill(standby)
+
+
+def _hand_over(standby: subprocess.Popen[bytes], args: list[str]) -> bool:
+    """Give a waiting standby its job (`run`'s arguments, one line); False if it is gone."""
+    if standby.poll() is not None or standby.stdin is None:
+        return False
+    try:
+        standby.stdin.write(shlex.join(args).encode() + b"\n")
+        standby.stdin.close()
+    except OSError:
+        return False
+    return True
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=30)
 
 
 class JobRunner:
@@ -178,6 +260,7 @@ class JobRunner:
 
     def stop(self) -> None:
         self._loop.stop()
+        self.backend.close()
 
     def wake(self) -> None:
         """Look for a queued job now: this worker just queued one."""
@@ -192,6 +275,7 @@ class JobRunner:
             self._finished(job_id)
         job = jobs.claim_next(self.store)
         if job is None:
+            self.backend.idle()
             return None
         self.watch(job)
         return self._get(job.id)
@@ -251,13 +335,13 @@ class JobRunner:
             self.on_finished(job)
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The retrain backend RETRAIN_BACKEND names."""
+def make_backend(settings: Settings, activity: Path | None = None) -> Backend:
+    """The retrain backend RETRAIN_BACKEND names; `activity`: this worker's activity file."""
     if settings.retrain_backend == "kubernetes":
         from service.k8s_backend import KubernetesBackend
 
         return KubernetesBackend(settings)
-    return LocalBackend(settings)
+    return LocalBackend(settings, activity)
 
 
 def wake_job_runner() -> None:

@@ -73,7 +73,7 @@ class TextClassifier:
         self.holder.start()
         self.jobs = JobRunner(
             self.store,
-            make_backend(settings),
+            make_backend(settings, self.activity.path if self.activity else None),
             settings,
             on_finished=self._job_finished,
             on_poll=self._count_examples,

@@ -99,6 +99,13 @@ def test_nothing_new_is_a_plan_error_not_a_job_failure(tmp_path: Path) -> None:
         make_plan(snapshot(OLD), "incremental", version(tmp_path), 1, SETTINGS)
 
 
+def test_an_empty_or_one_label_store_is_a_plan_error_not_a_job_failure() -> None:
+    one_label = snapshot([(f"text number {i}", "pos", 1) for i in range(50)])
+    for store in (Snapshot(0, ()), one_label):
+        with pytest.raises(PlanError, match="nothing to train on"):
+            make_plan(store, "auto", None, None, SETTINGS)
+
+
 def test_unusable_rows_are_skipped_and_named(tmp_path: Path) -> None:
     rows = [*OLD, ("\u001c", "pos", 1), ("a fine new text", "  ", 5)]
     rows += [(f"rare text {i}", "rare", 5) for i in range(2)]

@@ -11,7 +11,8 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from service.activity import QUIET_S, SLOTS, Activity, worker_activity
+from core.activity import QUIET_S, SLOTS, Activity
+from service.activity import worker_activity
 from service.model_holder import ModelHolder, NoModelError
 
 

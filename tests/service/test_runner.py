@@ -1,5 +1,5 @@
 """The job runner in-process: a training process past RETRAIN_TIMEOUT_S is killed and failed,
-and a woken runner claims a queued job at once."""
+a woken runner claims a queued job at once, and a job goes to the standby started ahead."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from service.runner import JobRunner, LocalProcess, RunningJob
+import psutil
+
+from service.runner import STANDBY_LOG, JobRunner, LocalBackend, LocalProcess, RunningJob
 from service.settings import Settings
 from store import Store, jobs
 from store.jobs import Job, JobState
@@ -26,6 +28,12 @@ class SleepingTraining:
         process = subprocess.Popen(["sleep", "600"])
         self.launched.append(process)
         return LocalProcess(process, self.log)
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def test_a_job_past_its_time_limit_is_killed_and_failed(tmp_path: Path) -> None:
@@ -62,3 +70,57 @@ def test_a_queued_job_starts_when_the_runner_is_woken_not_at_its_next_poll(
     finally:
         runner.stop()
     assert backend.launched[0].wait(timeout=10) is not None  # stopping killed the child
+
+
+def _standbys() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children() if "standby" in p.cmdline()]
+
+
+def _ready_standby(logs: Path, ready: int, timeout_s: float = 60) -> int:
+    """The pid of this test's one standby once the log shows `ready` standbys imported."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (logs / STANDBY_LOG).exists() and (logs / STANDBY_LOG).read_text().count(
+            "ready"
+        ) >= ready:
+            (child,) = _standbys()
+            return int(child.pid)
+        time.sleep(0.1)
+    raise TimeoutError(f"no standby became ready within {timeout_s} s")
+
+
+def test_a_job_runs_in_the_standby_started_ahead_and_a_dead_standby_means_a_cold_start(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(state_dir=tmp_path, model_poll_seconds=60)
+    store = Store(settings.resolved_database_url)
+    backend = LocalBackend(settings, standby_after_s=0)
+    try:
+        for ready, round_ in enumerate(("warm", "cold"), start=1):
+            backend.idle()
+            standby = _ready_standby(tmp_path / "jobs", ready)
+            if round_ == "cold":
+                psutil.Process(standby).kill()
+                psutil.Process(standby).wait(timeout=10)
+            with store.transaction() as tx:
+                job = jobs.create(tx, "m", {})
+            claimed = jobs.claim_next(store)
+            assert claimed is not None and claimed.id == job.id
+            running = backend.launch(claimed)
+            assert isinstance(running, LocalProcess)
+            assert (running.process.pid == standby) == (round_ == "warm")
+            assert running.process.wait(timeout=120) == 0
+            with store.transaction() as tx:
+                ended = jobs.get(tx, job.id)
+            # An empty store: the real job ran and said so in its record and its own log.
+            assert ended is not None and ended.state == JobState.REJECTED, ended
+            assert "nothing to train on" in (ended.decision or ""), ended.decision
+            assert "rejected" in (tmp_path / "jobs" / f"{job.id}.log").read_text()
+        # A standby that dies unasked is not replaced at once (no crash loop of imports).
+        backend.idle()
+        psutil.Process(_ready_standby(tmp_path / "jobs", 3)).kill()
+        time.sleep(0.5)
+        backend.idle()
+        assert not [p for p in _standbys() if p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        backend.close()
