@@ -48,6 +48,7 @@ class Load:
     def __init__(self, url: str, texts: list[str], clients: int) -> None:
         self.url, self.texts, self.clients = url, texts, clients
         self.latencies: list[float] = []
+        self.started: list[float] = []  # monotonic start of each latency's request
         self.failures: Counter[str] = Counter()  # by status code or exception
         self.first_seen: dict[str, float] = {}  # model version -> monotonic time of first answer
         self._stop = threading.Event()
@@ -68,6 +69,7 @@ class Load:
                 continue
             now = time.monotonic()
             self.latencies.append(now - start)
+            self.started.append(start)
             self.first_seen.setdefault(body[0]["model_version"], now)
 
     async def _run(self) -> None:
@@ -92,7 +94,21 @@ class Load:
 
         failed = sum(self.failures.values())
         return {"ok": len(lat), "failed": failed, "failures": dict(self.failures),
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99)}  # fmt: skip
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                "p99_by_5s": self.p99_by(5.0)}  # fmt: skip
+
+    def p99_by(self, seconds: float) -> list[float]:
+        """p99 ms of the requests started in each `seconds` window: where a tail comes from."""
+        if not self.started:
+            return []
+        first = min(self.started)
+        windows: dict[int, list[float]] = {}
+        for start, latency in zip(self.started, self.latencies, strict=True):
+            windows.setdefault(int((start - first) // seconds), []).append(latency)
+        return [
+            round(sorted(w)[min(len(w) - 1, int(0.99 * len(w)))] * 1e3, 1) if w else 0.0
+            for w in (windows.get(i, []) for i in range(max(windows) + 1))
+        ]
 
 
 def fit_details(bentoml_home: Path, tag: str) -> dict[str, Any]:

@@ -147,6 +147,7 @@ class Classifier:
             if self.burst is not None
             else None
         )
+        self.wide_runs = 0  # runs the burst sent to the wide session (a retrain reports it)
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
         marks = self.session.get_modelmeta().custom_metadata_map
         self.batch_invariant = marks.get(BATCH_INVARIANT) == "true"
@@ -179,6 +180,7 @@ class Classifier:
     def _next_session(self) -> ort.InferenceSession:
         """The session for the next run: the wide one while the burst's `quiet` holds."""
         if self.wide is not None and self.burst is not None and self.burst.quiet():
+            self.wide_runs += 1
             return self.wide
         return self.session
 

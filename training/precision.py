@@ -147,11 +147,13 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
             log.exception("int8 quantization failed; keeping the fp32 model")
             return fp32_only("int8 quantization failed")
         progress(0.4, f"evaluating int8 on {len(texts)} held-out texts")
-        int8 = Classifier(int8_dir, cfg.max_length, cfg.cpu_threads, burst=burst).logits(texts)
+        int8_classifier = Classifier(int8_dir, cfg.max_length, cfg.cpu_threads, burst=burst)
+        int8 = int8_classifier.logits(texts)
         progress(0.8, "comparing int8 with fp32 where their labels may differ")
         reference, check = fp32_labels(
             int8, lambda rows: fp32.logits([texts[i] for i in rows]), cfg.seed
         )
+        check["wide_runs"] = int8_classifier.wide_runs + fp32.wide_runs
         int8_labels = int8.argmax(axis=1)
         predicted = [int(i) for i in int8_labels]
         fp32_f1 = metrics(reference)["macro_f1"]
@@ -167,8 +169,9 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
                           evaluation["macro_f1"], check)  # fmt: skip
         (int8_dir / ONNX_FILE).replace(staging / ONNX_FILE)
         log.info(
-            "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts (fp32 ran on %d)",
-            evaluation["macro_f1"], fp32_f1, len(texts), check["fp32_scored"],
+            "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts (fp32 ran on %d; %d runs on "
+            "every core)", evaluation["macro_f1"], fp32_f1, len(texts), check["fp32_scored"],
+            check["wide_runs"],
         )  # fmt: skip
         return Chosen("int8", evaluation, predicted, fp32_f1, evaluation["macro_f1"], check)
     finally:
