@@ -17,7 +17,7 @@ leaves its slot "running" until its replacement (same slot) starts; meanwhile
 the others stay narrow, which is only the default speed.
 
 A local retrain reads the same file (an observer, `Activity(None, path)`): while
-every worker is quiet, its evaluation runs on every core (`serving_burst`).
+every worker is quiet, its evaluation runs on every core (`wide_when_quiet`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.runtime import Burst
+from core.runtime import Wide
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,16 @@ class Activity:
                     self._write(time.monotonic())
 
 
-def serving_burst(path: Path | None, threads: int) -> Burst | None:
-    """Every core for each model run that starts once the server whose activity file is
-    `path` has been quiet for BURST_QUIET_S; None without a file to read or a core to add."""
+def wide_when_quiet(path: Path | None, threads: int) -> Wide | None:
+    """Every core (not spinning) for each model run that starts once the server whose
+    activity file is `path` has been quiet for BURST_QUIET_S; None without a file to read
+    or a core to add."""
     cores = os.cpu_count() or 1
     if path is None or cores <= threads:
         return None
     try:
-        return Burst(cores, functools.partial(Activity(None, path).quiet, BURST_QUIET_S))
+        quiet = functools.partial(Activity(None, path).quiet, BURST_QUIET_S)
+        return Wide(cores, spin=False, quiet=quiet)
     except (OSError, ValueError) as exc:  # the server is gone, or the file is short
         log.warning("evaluation stays on %d thread(s): cannot read %s: %s", threads, path, exc)
         return None

@@ -111,16 +111,19 @@ class Scored:
 
 
 @dataclass(frozen=True)
-class Burst:
-    """Run on `threads` (not spinning) each run that starts while `quiet()` holds.
+class Wide:
+    """A second session of the same model on more threads, for cores others leave idle.
 
-    What a retrain's evaluation does with the cores idle serving workers leave
-    (`core.activity.serving_burst`). A run's logits are the same bits on any
-    number of threads (bench/SERVING.md), so a decision never depends on it.
+    A worker asks for it per call (`score(..., wide=True)`: a lone text while the
+    other workers are quiet); with `quiet`, the classifier asks before each run
+    itself (a retrain's evaluation, `core.activity.wide_when_quiet`). A run's
+    logits are the same bits on any number of threads (bench/SERVING.md), so no
+    answer or decision depends on which session ran it.
     """
 
     threads: int
-    quiet: Callable[[], bool]
+    spin: bool = True
+    quiet: Callable[[], bool] | None = None
 
 
 class Classifier:
@@ -138,16 +141,16 @@ class Classifier:
         max_padding: float = MAX_PADDING,
         max_rows: int = MAX_RUN_ROWS,
         spin: bool = True,
-        burst: Burst | None = None,
+        wide: Wide | None = None,
     ) -> None:
         self.session = _load_session(model_dir, session_options(threads, spin))
-        self.burst = burst if burst is not None and burst.threads > threads else None
-        self.wide = (
-            _load_session(model_dir, session_options(self.burst.threads, spin=False))
-            if self.burst is not None
+        self.wide = wide if wide is not None and wide.threads > threads else None
+        self.wide_session = (
+            _load_session(model_dir, session_options(self.wide.threads, self.wide.spin))
+            if self.wide is not None
             else None
         )
-        self.wide_runs = 0  # runs the burst sent to the wide session (a retrain reports it)
+        self.wide_runs = 0  # runs `quiet` sent to the wide session (a retrain reports it)
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
         marks = self.session.get_modelmeta().custom_metadata_map
         self.batch_invariant = marks.get(BATCH_INVARIANT) == "true"
@@ -158,30 +161,35 @@ class Classifier:
         """Raw logits, one row per text, in input order (export parity checks use these)."""
         return self._run(texts)[0]
 
-    def score(self, texts: Sequence[str]) -> Scored:
-        """Class probabilities, one row per text, in input order."""
-        logits, tokens = self._run(texts)
+    def score(self, texts: Sequence[str], wide: bool = False) -> Scored:
+        """Class probabilities, one row per text, in input order; `wide`: on the wide
+        session (if this classifier has one)."""
+        logits, tokens = self._run(texts, wide)
         return Scored(logits, softmax(logits), tokens)
 
-    def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int]:
+    def _run(self, texts: Sequence[str], wide: bool = False) -> tuple[npt.NDArray[np.float32], int]:
         if not texts:
             raise ValueError("scoring needs at least one text")
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         lengths = [len(row) for row in ids]
         runs = length_runs(lengths, self.max_padding, self.max_rows)
         outputs = [
-            self._next_session().run(["logits"], feeds([ids[i] for i in run]))[0] for run in runs
+            self._session_for(wide).run(["logits"], feeds([ids[i] for i in run]))[0] for run in runs
         ]
         logits = np.empty((len(ids), outputs[0].shape[1]), dtype=np.float32)
         for run, output in zip(runs, outputs, strict=True):
             logits[run] = output
         return logits, sum(lengths)
 
-    def _next_session(self) -> ort.InferenceSession:
-        """The session for the next run: the wide one while the burst's `quiet` holds."""
-        if self.wide is not None and self.burst is not None and self.burst.quiet():
+    def _session_for(self, asked: bool) -> ort.InferenceSession:
+        """The session for the next run: the wide one if asked, or while its `quiet` holds."""
+        if self.wide is None or self.wide_session is None:
+            return self.session
+        if asked:
+            return self.wide_session
+        if self.wide.quiet is not None and self.wide.quiet():
             self.wide_runs += 1
-            return self.wide
+            return self.wide_session
         return self.session
 
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:

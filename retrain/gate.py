@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.registry import ModelVersion
-from core.runtime import Burst, Classifier
+from core.runtime import Classifier, Wide
 from core.settings import RetrainSettings
 from core.text import text_key
 
@@ -52,7 +52,7 @@ def paired_interval(
 
 def active_predictions(
     active: ModelVersion, texts: Sequence[str], labels: Sequence[str], threads: int,
-    burst: Burst | None = None,
+    wide: Wide | None = None,
 ) -> Ints:  # fmt: skip
     """The active version's labels as indices into `labels` (-1: a label it does not have).
 
@@ -63,7 +63,7 @@ def active_predictions(
     keys = [text_key(t) for t in texts]
     missing = [t for t, k in zip(texts, keys, strict=True) if k not in known]
     if missing:
-        classifier = Classifier(active.path, active.max_length, threads, burst=burst)
+        classifier = Classifier(active.path, active.max_length, threads, wide=wide)
         scored = classifier.predict_indices(missing)
         known |= dict(zip((text_key(t) for t in missing), scored, strict=True))
     return np.array([index.get(active.labels[known[k]], -1) for k in keys], dtype=np.int64)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from core import registry
-from core.activity import serving_burst
+from core.activity import wide_when_quiet
 from core.settings import RetrainSettings
 from core.text import text_key
 from retrain.gate import Decision, active_predictions, decide
@@ -122,10 +122,10 @@ def _gate(
     y = np.array([index[r.label] for r in rows], dtype=np.int64)
     cand = np.array([candidate_predictions[i] for i in keep], dtype=np.int64)
     new = np.array([r.new for r in rows], dtype=bool)
-    burst = serving_burst(settings.serving_activity, settings.retrain_threads)
+    wide = wide_when_quiet(settings.serving_activity, settings.retrain_threads)
     texts = [r.text for r in rows]
     act = (
-        active_predictions(active, texts, labels, settings.retrain_threads, burst)
+        active_predictions(active, texts, labels, settings.retrain_threads, wide)
         if active and rows
         else None
     )

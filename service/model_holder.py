@@ -22,7 +22,7 @@ from core import registry
 from core.activity import Activity
 from core.periodic import Periodic
 from core.registry import ModelVersion
-from core.runtime import Classifier, Scored
+from core.runtime import Classifier, Scored, Wide
 from store import Store, versions
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,8 @@ class LoadedModel:
     """A version and its loaded classifier: read together so they can never disagree."""
 
     version: ModelVersion
+    # With a wide session on every worker's threads, for a lone text while the others are quiet.
     classifier: Classifier
-    # The same model on every worker's threads, for a lone text while the others are quiet.
-    wide: Classifier | None = None
 
 
 def active_version_resolver(store: Store, model_name: str) -> Resolver:
@@ -144,29 +143,26 @@ class ModelHolder:
 
     def _load(self, tag: str) -> LoadedModel:
         version = registry.get(tag)
+        wide = Wide(self._wide_threads, self._spin) if self._wide_threads else None
         classifier = Classifier(
-            version.path,
-            version.max_length,
-            self._threads,
-            spin=self._spin,
+            version.path, version.max_length, self._threads, spin=self._spin, wide=wide
         )
         classifier.score(WARMUP_TEXTS)
-        wide = None
-        if self._wide_threads > self._threads:
-            wide = Classifier(version.path, version.max_length, self._wide_threads, spin=self._spin)
-            wide.score(WARMUP_TEXTS[:1])
-        return LoadedModel(version, classifier, wide)
+        if classifier.wide is not None:
+            classifier.score(WARMUP_TEXTS[:1], wide=True)
+        return LoadedModel(version, classifier)
 
     def score(self, loaded: LoadedModel, texts: Sequence[str]) -> tuple[Scored, bool]:
         """Score with `loaded`; a lone text runs wide if the other workers are quiet.
 
         Returns the scores and whether they came from the wide session.
         """
+        classifier = loaded.classifier
         if self._activity is None:
-            return loaded.classifier.score(texts), False
-        wide = loaded.wide if len(texts) == 1 and self._activity.quiet() else None
+            return classifier.score(texts), False
+        wide = classifier.wide is not None and len(texts) == 1 and self._activity.quiet()
         with self._activity.running():
-            return (wide or loaded.classifier).score(texts), wide is not None
+            return classifier.score(texts, wide), wide
 
     def start(self) -> None:
         """Load what is active now, then keep polling in a daemon thread."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import onnxruntime as ort
 
 from tests.tiny_model import FILLER, NEGATIVE, NEUTRAL, POSITIVE
 
@@ -284,3 +285,14 @@ def kill_tree(pid: int) -> None:
     for victim in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
+
+
+class CountingRuns:
+    """ONNX Runtime's session, counting the runs made on it."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args: object) -> object:
+        self.runs += 1
+        return self.session.run(*args)

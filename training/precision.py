@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.activity import serving_burst
+from core.activity import wide_when_quiet
 from core.registry import ONNX_FILE, TOKENIZER_FILE
 from core.runtime import Classifier
 from training.config import TrainConfig
@@ -122,8 +122,8 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
     def metrics(predicted: Sequence[int] | npt.NDArray[np.int64]) -> dict[str, Any]:
         return classification_metrics(labels, [int(p) for p in predicted], held.label_names)
 
-    burst = serving_burst(cfg.serving_activity, cfg.cpu_threads)
-    fp32 = Classifier(staging, cfg.max_length, cfg.cpu_threads, burst=burst)
+    wide = wide_when_quiet(cfg.serving_activity, cfg.cpu_threads)
+    fp32 = Classifier(staging, cfg.max_length, cfg.cpu_threads, wide=wide)
 
     def fp32_only(reason: str) -> Chosen:
         progress(0.5, f"evaluating fp32 on {len(texts)} held-out texts")
@@ -147,7 +147,7 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
             log.exception("int8 quantization failed; keeping the fp32 model")
             return fp32_only("int8 quantization failed")
         progress(0.4, f"evaluating int8 on {len(texts)} held-out texts")
-        int8_classifier = Classifier(int8_dir, cfg.max_length, cfg.cpu_threads, burst=burst)
+        int8_classifier = Classifier(int8_dir, cfg.max_length, cfg.cpu_threads, wide=wide)
         int8 = int8_classifier.logits(texts)
         progress(0.8, "comparing int8 with fp32 where their labels may differ")
         reference, check = fp32_labels(

@@ -7,26 +7,14 @@ import os
 import time
 from pathlib import Path
 
-import onnxruntime as ort
 import pytest
 
 from core import registry
-from core.activity import BURST_QUIET_S, Activity, serving_burst
-from core.runtime import Burst, Classifier
-from tests.helpers import mixed_texts
+from core.activity import BURST_QUIET_S, Activity, wide_when_quiet
+from core.runtime import Classifier, Wide
+from tests.helpers import CountingRuns, mixed_texts
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a core to add")
-
-
-class CountingRuns:
-    """ONNX Runtime's session, counting the runs made on it."""
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        self.session, self.runs = session, 0
-
-    def run(self, *args: object) -> object:
-        self.runs += 1
-        return self.session.run(*args)
 
 
 def test_a_retrain_scores_on_every_core_only_while_no_worker_runs(
@@ -34,39 +22,40 @@ def test_a_retrain_scores_on_every_core_only_while_no_worker_runs(
 ) -> None:
     path = tmp_path / "activity"
     worker = Activity(0, path)
-    burst = serving_burst(path, threads=1)
-    assert burst is not None and burst.threads == os.cpu_count()
+    wide = wide_when_quiet(path, threads=1)
+    assert wide is not None and wide.threads == os.cpu_count() and wide.quiet is not None
+    serving_quiet = wide.quiet
     answers: list[bool] = []
 
     def quiet() -> bool:
-        answers.append(burst.quiet())
+        answers.append(serving_quiet())
         return answers[-1]
 
     version = registry.get(tiny_version)
-    watched = Classifier(version.path, version.max_length, 1, burst=Burst(burst.threads, quiet))
-    assert watched.wide is not None
-    wide = watched.wide = CountingRuns(watched.wide)  # type: ignore[assignment]
+    watched = Classifier(version.path, version.max_length, 1, wide=Wide(wide.threads, False, quiet))
+    assert watched.wide_session is not None
+    runs = watched.wide_session = CountingRuns(watched.wide_session)  # type: ignore[assignment]
     texts = mixed_texts(40)  # 1 to ~60 words: several runs
     alone = watched.logits(texts)
-    assert len(answers) > 1 and all(answers) and wide.runs == len(answers)
+    assert len(answers) > 1 and all(answers) and runs.runs == len(answers) == watched.wide_runs
     answers.clear()
-    wide_runs = wide.runs
+    wide_runs = runs.runs
     with worker.running():
         busy = watched.logits(texts)
     just_after = watched.logits(texts)  # the worker ran under BURST_QUIET_S ago
-    assert len(answers) > 1 and not any(answers) and wide.runs == wide_runs
+    assert len(answers) > 1 and not any(answers) and runs.runs == wide_runs
     time.sleep(BURST_QUIET_S)
     watched.logits(texts)
-    assert wide.runs > wide_runs
+    assert runs.runs > wide_runs
     narrow = Classifier(version.path, version.max_length, 1).logits(texts)
     assert (
         (alone == narrow).all() and (busy == narrow).all() and (just_after == narrow).all()
     )  # the same bits on any threads
 
 
-def test_no_burst_without_a_server_to_read_or_a_core_to_add(tmp_path: Path) -> None:
+def test_no_wide_session_without_a_server_to_read_or_a_core_to_add(tmp_path: Path) -> None:
     path = tmp_path / "activity"
-    assert serving_burst(None, threads=1) is None
-    assert serving_burst(path, threads=1) is None  # no server made the file
+    assert wide_when_quiet(None, threads=1) is None
+    assert wide_when_quiet(path, threads=1) is None  # no server made the file
     Activity(0, path)
-    assert serving_burst(path, threads=os.cpu_count() or 1) is None
+    assert wide_when_quiet(path, threads=os.cpu_count() or 1) is None

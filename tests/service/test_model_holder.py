@@ -14,6 +14,7 @@ import pytest
 from core.activity import QUIET_S, SLOTS, Activity
 from service.activity import worker_activity
 from service.model_holder import ModelHolder, NoModelError
+from tests.helpers import CountingRuns
 
 
 def test_a_broken_version_is_skipped_and_the_served_one_stays(
@@ -51,13 +52,14 @@ def test_a_lone_text_runs_wide_only_while_the_other_workers_are_quiet(
     )
     holder.refresh()
     loaded = holder.current()
-    assert loaded.wide is not None and loaded.classifier is not loaded.wide
+    assert loaded.classifier.wide_session is not None
+    runs = loaded.classifier.wide_session = CountingRuns(loaded.classifier.wide_session)  # type: ignore[assignment]
 
     alone, wide = holder.score(loaded, ["the food was great"])
-    assert wide
+    assert wide and runs.runs == 1
     with other.running():
         busy, wide = holder.score(loaded, ["the food was great"])
-        assert not wide
+        assert not wide and runs.runs == 1
     assert not holder.score(loaded, ["the food was great"])[1]  # the other ran just now
     time.sleep(QUIET_S * 2)
     assert holder.score(loaded, ["the food was great"])[1]
