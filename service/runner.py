@@ -140,6 +140,8 @@ class LocalBackend:
         self._logs = settings.state_dir.resolve() / "jobs"
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_from = time.monotonic() + standby_after_s
+        self._last_job = time.monotonic()  # start-up opens the first idle window too
+        self._in_job = False
 
     def _start(
         self, args: list[str], out: IO[bytes], stdin: int | None = None
@@ -177,15 +179,25 @@ class LocalBackend:
 
     def idle(self) -> None:
         """No job is running here: have a standby ready for the next one (once past start-up,
-        so its imports do not compete with the workers loading their models)."""
+        so its imports do not compete with the workers loading their models), until
+        RETRAIN_STANDBY_IDLE_S pass without a job: a server that stopped retraining gets
+        the memory back, and its next job starts cold and brings the standby back."""
+        now = time.monotonic()
+        if self._in_job:  # the first poll after a job: when it ended
+            self._in_job, self._last_job = False, now
         if self._standby is not None and (code := self._standby.poll()) is not None:
             log.warning("retrain standby exited with code %s; the next in %g s (log: %s)",
                         code, STANDBY_RETRY_S, self._logs / STANDBY_LOG)  # fmt: skip
             self._standby = None
-            self._standby_from = time.monotonic() + STANDBY_RETRY_S
+            self._standby_from = now + STANDBY_RETRY_S
+        if now - self._last_job > self.settings.retrain_standby_idle_s:
+            if self._standby is not None:
+                log.info("closing the retrain standby: no job for %g s", now - self._last_job)
+                self.close()
+            return
         if not self.settings.retrain_standby or self._standby is not None:
             return
-        if time.monotonic() >= self._standby_from:
+        if now >= self._standby_from:
             self._logs.mkdir(parents=True, exist_ok=True)
             with (self._logs / STANDBY_LOG).open("ab") as out:
                 self._standby = self._start(["standby"], out, stdin=subprocess.PIPE)
@@ -194,6 +206,7 @@ class LocalBackend:
         self._logs.mkdir(parents=True, exist_ok=True)
         log_path = self._logs / f"{job.id}.log"
         args = ["run", "--job-id", job.id, "--log", str(log_path)]
+        self._in_job = True
         standby, self._standby = self._standby, None
         if standby is not None:
             if _hand_over(standby, args):

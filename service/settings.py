@@ -91,7 +91,13 @@ class Settings(RetrainSettings):
     retrain_standby: bool = Field(
         True,
         description="Local backend: keep a retrain process started and imported between jobs "
-        "(~6 s off each job's start; ~530 MB resident per worker while it waits).",
+        "(~6 s off each job's start; ~520 MB resident per worker while it waits).",
+    )
+    retrain_standby_idle_s: float = Field(
+        900.0,
+        ge=0,
+        description="Close the standby after this long without a job (since start-up or the "
+        "last job); the next job starts cold and brings it back.",
     )
     retrain_pod_template: str = Field(
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."

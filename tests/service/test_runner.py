@@ -124,3 +124,33 @@ def test_a_job_runs_in_the_standby_started_ahead_and_a_dead_standby_means_a_cold
         assert not [p for p in _standbys() if p.status() != psutil.STATUS_ZOMBIE]
     finally:
         backend.close()
+
+
+def test_the_standby_is_closed_after_an_idle_window_and_a_job_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(state_dir=tmp_path, model_poll_seconds=60, retrain_standby_idle_s=4)
+    store = Store(settings.resolved_database_url)
+    backend = LocalBackend(settings, standby_after_s=0)
+    try:
+        backend.idle()
+        standby = psutil.Process(_ready_standby(tmp_path / "jobs", 1))
+        assert standby.is_running()
+        deadline = time.monotonic() + 15
+        while standby.is_running() and standby.status() != psutil.STATUS_ZOMBIE:
+            backend.idle()  # past the window: closes it
+            assert time.monotonic() < deadline, "the idle standby was not closed"
+            time.sleep(0.2)
+        backend.idle()
+        assert not _standbys(), "a standby came back without a job"
+
+        with store.transaction() as tx:
+            jobs.create(tx, "m", {})
+        claimed = jobs.claim_next(store)
+        assert claimed is not None
+        running = backend.launch(claimed)  # cold
+        assert isinstance(running, LocalProcess) and running.process.wait(timeout=120) == 0
+        backend.idle()  # the job reopened the window
+        assert _ready_standby(tmp_path / "jobs", 2)
+    finally:
+        backend.close()
