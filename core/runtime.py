@@ -143,13 +143,11 @@ class Classifier:
         spin: bool = True,
         wide: Wide | None = None,
     ) -> None:
+        self.model_dir = model_dir
         self.session = _load_session(model_dir, session_options(threads, spin))
         self.wide = wide if wide is not None and wide.threads > threads else None
-        self.wide_session = (
-            _load_session(model_dir, session_options(self.wide.threads, self.wide.spin))
-            if self.wide is not None
-            else None
-        )
+        # Loaded at its first run: a retrain under load never needs it.
+        self.wide_session: ort.InferenceSession | None = None
         self.wide_runs = 0  # runs `quiet` sent to the wide session (a retrain reports it)
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
         marks = self.session.get_modelmeta().custom_metadata_map
@@ -183,14 +181,16 @@ class Classifier:
 
     def _session_for(self, asked: bool) -> ort.InferenceSession:
         """The session for the next run: the wide one if asked, or while its `quiet` holds."""
-        if self.wide is None or self.wide_session is None:
+        if self.wide is None:
             return self.session
-        if asked:
-            return self.wide_session
-        if self.wide.quiet is not None and self.wide.quiet():
+        if not asked:
+            if self.wide.quiet is None or not self.wide.quiet():
+                return self.session
             self.wide_runs += 1
-            return self.wide_session
-        return self.session
+        if self.wide_session is None:
+            options = session_options(self.wide.threads, self.wide.spin)
+            self.wide_session = _load_session(self.model_dir, options)
+        return self.wide_session
 
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Class probabilities, one row per text, in input order."""
