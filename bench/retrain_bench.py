@@ -21,6 +21,8 @@ INCREMENTAL_EPOCHS, REPLAY_*, GATE_*, RETRAIN_THREADS, WORKERS...); `--policies 
 interleaves retrain CPU policies (RETRAIN_NICE:RETRAIN_THREADS, the server restarts for
 each); `--bodies '{}' '{"strategy": "freeze"}'` interleaves POST /retrain bodies, and
 `--envs '' REPLAY_RATIO=2` server settings.
+After each server start it waits until every worker's retrain standby has imported,
+as in a service that has run for a while (`--envs RETRAIN_STANDBY=false`: cold starts).
 SIGTERM or Ctrl-C stops each server's whole process tree, and a run refuses to start
 while another server or retrain is alive (bench/retrain_helpers.py). Prints a Markdown table;
 raw numbers go to bench/out/retrain_bench.json.

@@ -87,17 +87,13 @@ class Load:
         self._thread.join()
 
     def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3, 1) if lat else None
-
         failed = sum(self.failures.values())
-        return {"ok": len(lat), "failed": failed, "failures": dict(self.failures),
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+        return {"ok": len(self.latencies), "failed": failed, "failures": dict(self.failures),
+                "p50_ms": percentile_ms(self.latencies, 0.50),
+                "p99_ms": percentile_ms(self.latencies, 0.99),
                 "p99_by_5s": self.p99_by(5.0)}  # fmt: skip
 
-    def p99_by(self, seconds: float) -> list[float]:
+    def p99_by(self, seconds: float) -> list[float | None]:
         """p99 ms of the requests started in each `seconds` window: where a tail comes from."""
         if not self.started:
             return []
@@ -105,10 +101,15 @@ class Load:
         windows: dict[int, list[float]] = {}
         for start, latency in zip(self.started, self.latencies, strict=True):
             windows.setdefault(int((start - first) // seconds), []).append(latency)
-        return [
-            round(sorted(w)[min(len(w) - 1, int(0.99 * len(w)))] * 1e3, 1) if w else 0.0
-            for w in (windows.get(i, []) for i in range(max(windows) + 1))
-        ]
+        return [percentile_ms(windows.get(i, []), 0.99) for i in range(max(windows) + 1)]
+
+
+def percentile_ms(seconds: list[float], p: float) -> float | None:
+    """The `p` quantile (nearest rank) of latencies in seconds, in ms; None for none."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1e3, 1)
 
 
 def fit_details(bentoml_home: Path, tag: str) -> dict[str, Any]:

@@ -135,7 +135,10 @@ class JobOut(BaseModel):
     skipped_examples: list[dict[str, Any]] = Field(
         default_factory=list, description="Stored rows the job could not use, with the reason."
     )
-    phases: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+    phases: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per phase: start (claim to the job running), plan, fit, gate.",
+    )
     candidate_version: str | None
     metrics: dict[str, Any]
     gate: dict[str, Any] | None = Field(description="The decision record: slices, interval.")
