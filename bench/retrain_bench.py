@@ -58,6 +58,7 @@ from retrain_helpers import (
 from sklearn.metrics import f1_score
 
 from core.text import EVAL_FRACTION, in_eval_split
+from service.runner import STANDBY_LOG
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +161,7 @@ class Service:
 
     def start(self) -> None:
         self.others += ensure_no_strays(self.home / "state", self.allow_strays)
-        standbys = self.home / "state" / "jobs" / "standby.log"
+        standbys = self.home / "state" / "jobs" / STANDBY_LOG
         ready_before = standbys.read_text().count("ready") if standbys.exists() else 0
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
         with (self.home / "serve.log").open("ab") as log:

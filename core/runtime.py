@@ -130,7 +130,9 @@ class Classifier:
     """A model folder (model.onnx + tokenizer.json) loaded for inference.
 
     Thread-safe for concurrent `predict_proba` calls: ORT sessions allow
-    concurrent `run`, and the tokenizer is read-only after construction.
+    concurrent `run`, and the tokenizer is read-only after construction. The
+    wide session loads at its first wide run; a worker's warm-up makes that
+    run before the classifier serves, so concurrent calls never race to load it.
     """
 
     def __init__(

@@ -122,13 +122,11 @@ def _gate(
     y = np.array([index[r.label] for r in rows], dtype=np.int64)
     cand = np.array([candidate_predictions[i] for i in keep], dtype=np.int64)
     new = np.array([r.new for r in rows], dtype=bool)
-    wide = wide_when_quiet(settings.serving_activity, settings.retrain_threads)
-    texts = [r.text for r in rows]
-    act = (
-        active_predictions(active, texts, labels, settings.retrain_threads, wide)
-        if active and rows
-        else None
-    )
+    act = None
+    if active and rows:
+        wide = wide_when_quiet(settings.serving_activity, settings.retrain_threads)
+        texts = [r.text for r in rows]
+        act = active_predictions(active, texts, labels, settings.retrain_threads, wide)
     decision = decide(y, cand, act, new, len(labels), settings)
     decision.record["excluded_seen_by_active"] = len(plan.eval) - len(keep)
     metrics = {

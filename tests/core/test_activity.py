@@ -45,8 +45,9 @@ def test_a_retrain_scores_on_every_core_only_while_no_worker_runs(
     assert len(answers) > 1 and all(answers) and watched.wide_runs == len(answers)
     assert watched.wide_session is not None
     runs = watched.wide_session = CountingRuns(watched.wide_session)  # type: ignore[assignment]
+    first_pass = len(answers)
     watched.logits(texts)
-    assert runs.runs == len(answers) // 2  # every run of the second pass went wide
+    assert runs.runs == len(answers) - first_pass > 0  # every run of the second pass went wide
     narrow = Classifier(version.path, version.max_length, 1).logits(texts)
     assert (
         (alone == narrow).all() and (busy == narrow).all() and (just_after == narrow).all()
