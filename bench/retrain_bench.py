@@ -72,7 +72,7 @@ FIRST_FIT = (200, 100)  # the first `training fit`: training texts, evaluation t
 MIN_TOPIC_EVAL = 50
 FINAL = ("succeeded", "rejected", "failed")
 RETRAIN_ENV = (
-    "RETRAIN_THREADS", "RETRAIN_NICE", "REPLAY_RATIO", "REPLAY_MIN", "REPLAY_MAX",
+    "RETRAIN_THREADS", "RETRAIN_NICE", "RETRAIN_SLOWDOWN", "REPLAY_RATIO", "REPLAY_MIN", "REPLAY_MAX",
     "INCREMENTAL_EPOCHS", "REFIT_EPOCHS", "GATE_TOLERANCE", "GATE_MIN_EVAL", "WORKERS",
 )  # fmt: skip
 TOPICS = {
@@ -291,10 +291,13 @@ def one_run(
             new = job["candidate_version"].split(":")[1]
             service.predict(["waiting for the new version"], new)
             served = min(time.monotonic(), busy.first_seen.get(new, float("inf")))
+    log = service.home / "state" / "jobs" / f"{job['id']}.log"
+    steered = re.findall(r"autogroup nice over the job \(per second\): (.*)", log.read_text())
     return {
         "job_s": round(job_s, 1),
         "wall_s": round(served - start, 1),
         "other_s": round(job_s - sum(job["phases"].values()), 1),
+        "nice": steered[-1] if steered else None,  # retrain/cpu_share.py's summary
         "job": job,
         "idle": idle.summary(),
         "during": busy.summary(),
@@ -336,8 +339,9 @@ def row(r: dict[str, Any]) -> str:
     b, a = r["f1_before"], r["f1_after"]
     failed = busy["failed"] + idle["failed"]
     body = f" {json.dumps(r['body'])}" if r.get("body") else ""
+    steered = f"; nice {r['nice']}" if r.get("nice") else ""
     return (
-        f"| {r['topic']} | {r['n']} | {r['mode']}{body} | {r['policy']} | {r['clients']} "
+        f"| {r['topic']} | {r['n']} | {r['mode']}{body} | {r['policy']}{steered} | {r['clients']} "
         f"| {r['job_s']:.0f} / {r['wall_s']:.0f} | {decision} "
         f"| {job['trained_examples']} ({job['replayed_examples']}) "
         f"| {phases} "

@@ -41,6 +41,13 @@ class RetrainSettings(StateSettings):
         description="Name of the model in the BentoML store whose active version is served.",
     )
     retrain_threads: int = Field(1, ge=1, description="CPU threads a retrain may use.")
+    retrain_slowdown: float = Field(
+        2.5,
+        ge=0,
+        description="Under CPU contention a retrain steers its autogroup nice (from "
+        "RETRAIN_NICE up) to run about this many times slower than alone, leaving the rest "
+        "to serving; 0 keeps RETRAIN_NICE fixed (retrain/cpu_share.py).",
+    )
     gate_tolerance: float = Field(
         0.0,
         ge=0,

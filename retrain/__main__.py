@@ -21,19 +21,27 @@ log = logging.getLogger("retrain")
 
 def run(job_id: str) -> int:
     from core.settings import RetrainSettings
+    from retrain.cpu_share import SlowdownGovernor
     from retrain.job import run_job
     from store import jobs, open_store
     from store.jobs import JobState
 
     settings = RetrainSettings()
     store = open_store(settings.resolved_database_url)
+    governor = SlowdownGovernor(settings.retrain_slowdown) if settings.retrain_slowdown else None
     try:
+        if governor is not None:
+            governor.start()
         state = run_job(job_id, store, settings)
     except Exception as exc:
         # Record why before dying, so GET /jobs/{id} says it rather than "process exited".
         with store.transaction() as tx:
             jobs.finish(tx, job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if governor is not None:
+            governor.stop()
+            log.info("autogroup nice over the job (per second): %s", governor.summary())
     sys.stdout.write(state + "\n")
     return 0
 

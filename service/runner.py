@@ -117,10 +117,11 @@ class LocalBackend:
     its own (`_autogroup_nice`) at RETRAIN_NICE.
 
     One thread at nice 0 is one more task with an even share of the CPU: on 2 cores
-    under 64 predict clients a 76 s incremental retrain took 104 s (1.4x) while predict
-    p99 rose 1.93x; 1.5-2.5x and 1.3-2.3x over 4 runs on a shared machine
-    (bench/RETRAIN.md, 2026-12-01; targets 3x and 2x). The child dies with its parent,
-    so a killed server leaves no orphan training behind.
+    under 64 predict clients an incremental retrain took 1.6-1.8x its quiet time while
+    predict p99 rose 2-2.9x (bench/RETRAIN.md, 2026-12-01; targets 3x and 2x). So the
+    job steers its session's nice level itself to RETRAIN_SLOWDOWN
+    (retrain/cpu_share.py). The child dies with its parent, so a killed server leaves
+    no orphan training behind.
 
     Between jobs it keeps a standby (`python -m retrain standby`, RETRAIN_STANDBY):
     the same process, started and imported ahead, which the next job is handed to.

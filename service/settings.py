@@ -103,13 +103,17 @@ class Settings(RetrainSettings):
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
     )
     pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")
-    # 0, not 10: a local retrain runs in a session of its own (service/runner.py), one
-    # more task with an even share. At nice 10 it starved under 64 predict clients (~13x
-    # its 78 s quiet time); at 0 it took 1.5-2.5x while predict p99 rose 1.3-2.3x
-    # (bench/RETRAIN.md, 2026-12-01, 2 cores, targets 3x and 2x). Raise it to favour
-    # predict latency over retrain time.
+    # The level a local retrain starts at, in a session of its own (service/runner.py);
+    # under contention RETRAIN_SLOWDOWN then raises it as far as the job can afford
+    # (retrain/cpu_share.py). A fixed level could not hold both bounds: at 10 it starved
+    # under 64 predict clients (~13x its quiet time), at 0 predict p99 rose 2-2.9x
+    # (bench/RETRAIN.md, 2026-12-01, 2 cores, targets 3x and 2x).
     retrain_nice: int = Field(
-        0, ge=0, le=19, description="Nice level (and autogroup nice) of a local retrain."
+        0,
+        ge=0,
+        le=19,
+        description="Nice level (and autogroup nice) a local retrain starts at, and the "
+        "lowest RETRAIN_SLOWDOWN steers it to.",
     )
 
     @model_validator(mode="after")

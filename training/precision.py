@@ -142,7 +142,8 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
             list(train_texts), min(len(train_texts), CALIBRATION_TEXTS)
         )
         try:
-            quantize_int8(staging / ONNX_FILE, int8_dir / ONNX_FILE, calibration, cfg.max_length)
+            fp32_path, int8_path = staging / ONNX_FILE, int8_dir / ONNX_FILE
+            quantize_int8(fp32_path, int8_path, calibration, cfg.max_length, cfg.cpu_threads)
         except Exception:  # its shape inference raises bare Exceptions on graphs it cannot follow
             log.exception("int8 quantization failed; keeping the fp32 model")
             return fp32_only("int8 quantization failed")

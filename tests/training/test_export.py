@@ -13,7 +13,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from core import registry
 from core.registry import HF_DIR, ONNX_FILE, TOKENIZER_FILE
 from core.runtime import Classifier
-from training.export import ParityError, check_parity, quantize_int8, torch_logits, write_onnx
+from training.export import (
+    ParityError,
+    _Calibrater,
+    check_parity,
+    quantize_int8,
+    torch_logits,
+    write_onnx,
+)
 from training.report import write_report
 
 TEXTS = [
@@ -85,6 +92,19 @@ def test_int8_file_is_smaller_and_close(trained_exports: tuple[Path, Path, np.nd
     int8 = Classifier(int8_dir, 64, threads=1).logits(TEXTS)
     assert (int8.argmax(1) == reference.argmax(1)).all()
     assert np.abs(int8 - reference).max() < 0.1 * np.ptp(reference)
+
+
+def test_calibration_runs_on_the_given_threads_without_spinning(
+    trained_exports: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    # ORT's own calibration session takes a spinning thread per core (0 = its default).
+    fp32_dir, _, _ = trained_exports
+    calibrater = _Calibrater(fp32_dir / ONNX_FILE, tmp_path / "augmented.onnx", threads=1)
+    calibrater.augment_graph()
+    calibrater.create_inference_session()
+    options = calibrater.infer_session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -1,0 +1,135 @@
+"""A local retrain takes as much CPU as it needs to finish within RETRAIN_SLOWDOWN, no more.
+
+A fixed nice level cannot hold both of a retrain's bounds on a shared machine
+(bench/RETRAIN.md, 2026-12-01): under 64 predict clients on 2 cores, nice 0 ran
+the job at 1.8x its quiet time and doubled predict p99; nice 3 kept p99 at
+1.2x and ran it at 2.9x, just inside 3x, and how much a nice level takes
+depends on the load and the machine. So the job measures its own slowdown
+and steers its nice level to it, once a second: from the kernel's schedstat,
+(time on a CPU + time runnable but waiting for one) / time on a CPU, over the
+process's threads. Time asleep (files, the database) does not count. A job
+that is not slowed at all yields too: on a quiet server that costs it nothing,
+and under load it may be the scheduler that has put the job on a core of its
+own and both workers on the other (seen once: the job ran at its quiet speed
+while predict throughput halved); a lighter job lets it rebalance.
+
+The level moved is the autogroup's (`/proc/self/autogroup`): the local backend
+starts each retrain in a session of its own (service/runner.py), where that is
+what ranks it against the serving workers, and any process may raise or lower
+its own autogroup's nice between 0 and 19. Without autogroup there is nothing
+to steer (an unprivileged process can only raise its nice), and it stays at
+RETRAIN_NICE.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+AUTOGROUP = Path("/proc/self/autogroup")
+TASKS = Path("/proc/self/task")
+PERIOD_S = 1.0
+# Each nice level is ~1.25x the CPU weight of the next (the kernel's table).
+WEIGHT_STEP = math.log(1.25)
+# Steps per period: quick to take CPU back (a job starved by a new burst), slow to give it.
+MAX_DOWN, MAX_UP = 6, 2
+MAX_NICE = 19
+
+Sample = dict[str, tuple[int, int]]  # thread id -> (ns on a CPU, ns runnable and waiting)
+
+
+def _threads_ns() -> Sample:
+    """Per thread of this process: ns on a CPU and ns runnable, waiting for one."""
+    threads: Sample = {}
+    for task in TASKS.iterdir():
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:  # a thread that just ended
+            continue
+        threads[task.name] = (int(fields[0]), int(fields[1]))
+    return threads
+
+
+def _ran_and_waited(before: Sample, after: Sample) -> tuple[int, int]:
+    """ns run and waited between two samples, over the threads alive at both (an ended
+    thread's time leaves the sum, so it would read as negative)."""
+    ran = waited = 0
+    for tid, (run, wait) in after.items():
+        if tid in before:
+            ran, waited = ran + run - before[tid][0], waited + wait - before[tid][1]
+    return ran, waited
+
+
+def _autogroup_nice() -> int | None:
+    try:
+        return int(AUTOGROUP.read_text().split("nice")[-1])
+    except (OSError, ValueError):
+        return None
+
+
+def next_nice(nice: int, slowdown: float, target: float, floor: int) -> int:
+    """The nice level that should bring `slowdown` to `target`: share ~ 1.25^-nice."""
+    step = round(math.log(slowdown / target) / WEIGHT_STEP)
+    return min(MAX_NICE, max(floor, nice - max(-MAX_UP, min(MAX_DOWN, step))))
+
+
+class SlowdownGovernor:
+    """A daemon thread steering this process's autogroup nice toward `target` slowdown."""
+
+    def __init__(self, target: float, period_s: float = PERIOD_S) -> None:
+        self.target, self.period_s = target, period_s
+        self.floor = _autogroup_nice()
+        self.nice = self.floor
+        self.levels: list[int] = []  # the level after each period, for the job's record
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._steer, name="slowdown-governor", daemon=True)
+
+    def start(self) -> SlowdownGovernor:
+        if os.getsid(0) != os.getpid():
+            # The autogroup is the session's: steering it would renice the shell or
+            # the server that started us. The local backend starts a session per job.
+            log.info("not a session of its own: the retrain keeps its nice level")
+            self.floor = None
+        elif self.floor is None:
+            log.info("no autogroup here: the retrain keeps its nice level")
+        else:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> str:
+        if self.floor is None:
+            return "not steered (no autogroup, or not a session of its own)"
+        if not self.levels:
+            return f"{self.nice} (never awake for a whole period)"
+        ordered = sorted(self.levels)
+        return (f"from {self.floor}: {ordered[0]}..{ordered[-1]}, median "
+                f"{ordered[len(ordered) // 2]} over {len(ordered)} s")  # fmt: skip
+
+    def _steer(self) -> None:
+        assert self.floor is not None and self.nice is not None
+        before = _threads_ns()
+        while not self._stop.wait(self.period_s):
+            after = _threads_ns()
+            ran, waited = _ran_and_waited(before, after)
+            before = after
+            if ran + waited < 0.1 * self.period_s * 1e9:  # mostly asleep: nothing to learn
+                continue
+            wanted = next_nice(self.nice, (ran + waited) / max(ran, 1), self.target, self.floor)
+            if wanted != self.nice:
+                try:
+                    AUTOGROUP.write_text(str(wanted))
+                except OSError as exc:  # EAGAIN: another process set one within 100 ms
+                    log.debug("autogroup nice %d not set: %s", wanted, exc)
+                    continue
+                self.nice = wanted
+            self.levels.append(self.nice)
