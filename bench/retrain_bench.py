@@ -72,8 +72,9 @@ FIRST_FIT = (200, 100)  # the first `training fit`: training texts, evaluation t
 MIN_TOPIC_EVAL = 50
 FINAL = ("succeeded", "rejected", "failed")
 RETRAIN_ENV = (
-    "RETRAIN_THREADS", "RETRAIN_NICE", "RETRAIN_SLOWDOWN", "REPLAY_RATIO", "REPLAY_MIN", "REPLAY_MAX",
-    "INCREMENTAL_EPOCHS", "REFIT_EPOCHS", "GATE_TOLERANCE", "GATE_MIN_EVAL", "WORKERS",
+    "RETRAIN_THREADS", "RETRAIN_NICE", "RETRAIN_SLOWDOWN", "REPLAY_RATIO", "REPLAY_MIN",
+    "REPLAY_MAX", "INCREMENTAL_EPOCHS", "REFIT_EPOCHS", "GATE_TOLERANCE", "GATE_MIN_EVAL",
+    "WORKERS",
 )  # fmt: skip
 TOPICS = {
     "airline": re.compile(

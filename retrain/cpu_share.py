@@ -85,18 +85,20 @@ class SlowdownGovernor:
         self.target, self.period_s = target, period_s
         self.floor = _autogroup_nice()
         self.nice = self.floor
-        self.levels: list[int] = []  # the level after each period, for the job's record
+        self.levels: list[int] = []  # the level after each period, for the job's log
+        self.not_steered: str | None = None  # why, when it does not steer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._steer, name="slowdown-governor", daemon=True)
 
     def start(self) -> SlowdownGovernor:
+        # The autogroup is the session's: steering it from a shared session would renice
+        # the shell or server that started us. The local backend starts a session per job.
         if os.getsid(0) != os.getpid():
-            # The autogroup is the session's: steering it would renice the shell or
-            # the server that started us. The local backend starts a session per job.
-            log.info("not a session of its own: the retrain keeps its nice level")
-            self.floor = None
+            self.not_steered = "not a session of its own"
         elif self.floor is None:
-            log.info("no autogroup here: the retrain keeps its nice level")
+            self.not_steered = "no autogroup"
+        if self.not_steered:
+            log.info("%s: the retrain keeps its nice level", self.not_steered)
         else:
             self._thread.start()
         return self
@@ -107,13 +109,13 @@ class SlowdownGovernor:
             self._thread.join()
 
     def summary(self) -> str:
-        if self.floor is None:
-            return "not steered (no autogroup, or not a session of its own)"
+        if self.not_steered:
+            return f"not steered ({self.not_steered})"
         if not self.levels:
             return f"{self.nice} (never awake for a whole period)"
-        ordered = sorted(self.levels)
+        ordered, seconds = sorted(self.levels), len(self.levels) * self.period_s
         return (f"from {self.floor}: {ordered[0]}..{ordered[-1]}, median "
-                f"{ordered[len(ordered) // 2]} over {len(ordered)} s")  # fmt: skip
+                f"{ordered[len(ordered) // 2]} over {seconds:g} s")  # fmt: skip
 
     def _steer(self) -> None:
         assert self.floor is not None and self.nice is not None
