@@ -1,4 +1,5 @@
-"""How the runtime cuts a batch into runs: every text once, padding and rows bounded."""
+"""How the runtime cuts a batch into runs: every text once, padding and rows bounded, and
+with more than one thread, runs side by side."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import random
 
 import pytest
 
-from core.runtime import feeds, length_runs, session_options
+from core import registry
+from core.runtime import Classifier, feeds, length_runs, session_options
+from tests.helpers import CountingRuns, mixed_texts
 
 
 @pytest.mark.parametrize(("max_padding", "max_rows"), [(0.0, 64), (0.125, 64), (0.5, 8), (0, 1)])
@@ -42,3 +45,21 @@ def test_spinning_can_be_turned_off_for_oversubscribed_workers() -> None:
         session_options(2).get_session_config_entry("session.intra_op.allow_spinning")
     parked = session_options(2, spin=False)
     assert parked.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_with_two_threads_a_batch_runs_side_by_side_on_one_thread_each(
+    tiny_version: str,
+) -> None:
+    version = registry.get(tiny_version)
+    two = Classifier(version.path, version.max_length, threads=2)
+    assert two.side_by_side is not None
+    runs = two.side_by_side.session = CountingRuns(two.side_by_side.session)  # type: ignore[assignment]
+    texts = mixed_texts(40)  # 1 to ~60 words: several runs
+    together = two.logits(texts)
+    batch_runs = runs.runs
+    assert batch_runs > 1  # every run of the batch went to the one-thread callers
+    two.logits(texts[:1])
+    assert runs.runs == batch_runs  # a lone run keeps both threads of the main session
+    one = Classifier(version.path, version.max_length, threads=1)
+    assert one.side_by_side is None
+    assert (together == one.logits(texts)).all()  # the same bits, in input order
