@@ -159,12 +159,11 @@ class Classifier:
     run before the classifier serves, so concurrent calls never race to load it.
 
     With `threads` > 1 a call of several runs shares them out to `threads`
-    callers of a one-thread session (`side_by_side`): a 64-text batch of ~32-token
-    tweets ran 1.3-1.65x the rate of one text per run on a 2-thread session, where
-    each sorted run on both threads gained 1.07x (bench/SERVING.md, fifth session):
-    one short run is too small to split, two are not. A lone run still takes
-    every thread. A classifier whose wide session is chosen by `quiet` keeps its
-    per-run choice instead.
+    callers of a one-thread session (`side_by_side`): 64-text batches of tweets ran
+    1.57x the rate of one text per run on a 2-thread session, where each sorted run
+    on both threads gained 1.15x (bench/SERVING.md, fifth session): one short run
+    is too small to split, two are not. A lone run still takes every thread. A
+    classifier whose wide session is chosen by `quiet` keeps its per-run choice.
     """
 
     def __init__(
