@@ -98,6 +98,14 @@ def length_runs(lengths: Sequence[int], max_padding: float, max_rows: int) -> li
     return runs
 
 
+def run_logits(
+    session: ort.InferenceSession, ids: Sequence[Sequence[int]], run: Sequence[int]
+) -> npt.NDArray[np.float32]:
+    """One ORT run: the logits of the texts `run` indexes in `ids`, padded together."""
+    logits: npt.NDArray[np.float32] = session.run(["logits"], feeds([ids[i] for i in run]))[0]
+    return logits
+
+
 def _load_session(model_dir: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     return ort.InferenceSession(
         str(model_dir / ONNX_FILE), sess_options=options, providers=["CPUExecutionProvider"]
@@ -140,14 +148,7 @@ class SideBySide:
         self, ids: Sequence[Sequence[int]], runs: list[list[int]]
     ) -> list[npt.NDArray[np.float32]]:
         """Each run's logits, in the order of `runs`."""
-
-        def one(run: list[int]) -> npt.NDArray[np.float32]:
-            logits: npt.NDArray[np.float32] = self.session.run(
-                ["logits"], feeds([ids[i] for i in run])
-            )[0]
-            return logits
-
-        return list(self._callers.map(one, runs))
+        return list(self._callers.map(lambda run: run_logits(self.session, ids, run), runs))
 
 
 class Classifier:
@@ -211,10 +212,7 @@ class Classifier:
             runs.sort(key=lambda run: len(run) * max(lengths[i] for i in run), reverse=True)
             outputs = self.side_by_side.run(ids, runs)
         else:
-            outputs = [
-                self._session_for(wide).run(["logits"], feeds([ids[i] for i in run]))[0]
-                for run in runs
-            ]
+            outputs = [run_logits(self._session_for(wide), ids, run) for run in runs]
         logits = np.empty((len(ids), outputs[0].shape[1]), dtype=np.float32)
         for run, output in zip(runs, outputs, strict=True):
             logits[run] = output

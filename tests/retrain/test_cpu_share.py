@@ -63,7 +63,7 @@ def test_a_contended_retrain_yields_down_to_its_target_slowdown() -> None:
 
 
 @needs_autogroup
-def test_a_retrain_slowed_less_than_its_target_keeps_its_share() -> None:
+def test_a_retrain_slowed_no_more_than_its_target_keeps_its_level() -> None:
     # At nice 0 an even share is a slowdown of ~2: at a target of 2 there is no reason to yield.
     result = contended(2.0)
     assert set(result["levels"]) == {0}, result  # type: ignore[arg-type]
