@@ -44,6 +44,8 @@ import aiohttp
 import httpx
 import psutil
 
+from service.runner import STANDBY_LOG
+
 ROOT = Path(__file__).resolve().parent.parent
 # The shared datasets sit beside the checkout (../shared), as on every dev and CI machine.
 DEFAULT_TEXTS = ROOT.parent / "shared" / "datasets" / "tweets-sentiment" / "validation.csv"
@@ -149,6 +151,18 @@ def wait_ready(url: str, timeout_s: float = 120) -> float:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+def wait_for_standbys(state_dir: Path, workers: int, timeout_s: float = 180) -> float:
+    """Seconds until each worker's retrain standby has imported: load phases measure the
+    steady state, not a start-up with two processes importing torch beside the workers."""
+    log = state_dir / "jobs" / STANDBY_LOG
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if log.exists() and log.read_text(errors="replace").count("ready") >= workers:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise TimeoutError(f"{workers} standbys not ready in {log} after {timeout_s} s")
 
 
 @contextmanager
@@ -347,6 +361,9 @@ def run(args: argparse.Namespace) -> None:
             server([*naive_cmd, "--working-dir", "bench"], naive_env, "/readyz")
         )[0]
         print(f"cold start to ready: {cold_s:.1f} s")
+        for i, config in enumerate(configs):
+            waited = wait_for_standbys(state / str(i), config.workers)
+            print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
         for round_ in range(args.rounds):
             for c in CONCURRENCY:
                 names = list(urls)

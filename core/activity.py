@@ -18,6 +18,8 @@ the others stay narrow, which is only the default speed.
 
 A local retrain reads the same file (an observer, `Activity(None, path)`): while
 every worker is quiet, its evaluation runs on every core (`wide_when_quiet`).
+Each slot also holds how many connections the worker is serving, for
+`service.balance` to even them out.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from core.runtime import Wide
 log = logging.getLogger(__name__)
 
 SLOTS = 256  # workers a server may have; more than any core count it runs on
-SLOT = struct.Struct("d")  # time.monotonic() the worker's last run ended; inf while running
+# Per worker, in time.monotonic() seconds: when its last run ended (inf while running);
+# how many client connections it serves, and when it counted them.
+SLOT = struct.Struct("ddd")
+ENDED, CONNECTIONS, COUNTED_AT = (i * struct.calcsize("d") for i in range(3))
 QUIET_S = 0.05  # no other worker ran for this long: the other cores are free
 # A retrain's evaluation waits for a longer quiet: a gap between batches under load (the
 # load's clients starved of CPU for a moment) must not send it wide.
@@ -78,19 +83,30 @@ class Activity:
         self._running = 0  # this worker's batches in flight (BentoML may overlap them)
         self._lock = threading.Lock()
         if slot is not None:
-            self._write(0.0)
+            self._write(ENDED, 0.0)
 
-    def _write(self, value: float) -> None:
+    def _write(self, field: int, *values: float) -> None:
         assert self._slot is not None, "an observer writes nothing"
-        SLOT.pack_into(self._slots, self._slot * SLOT.size, value)
+        struct.pack_into(f"{len(values)}d", self._slots, self._slot * SLOT.size + field, *values)
 
     def quiet(self, seconds: float = QUIET_S) -> bool:
         """True when this worker runs nothing and no other one ran in the last `seconds`."""
         if self._running:
             return False
         since = time.monotonic() - seconds
-        ends = (value for (value,) in SLOT.iter_unpack(self._slots))
-        return all(end <= since for k, end in enumerate(ends) if k != self._slot)
+        slots = SLOT.iter_unpack(self._slots)
+        return all(end <= since for k, (end, _, _) in enumerate(slots) if k != self._slot)
+
+    def count_connections(self, connections: int) -> None:
+        """Publish how many connections this worker serves now."""
+        self._write(CONNECTIONS, connections, time.monotonic())
+
+    def others_connections(self, workers: int, max_age_s: float) -> list[int]:
+        """The connections of the server's other workers (slots below `workers`); 0 for one
+        that counted none in `max_age_s`: a worker no request reaches serves none."""
+        since = time.monotonic() - max_age_s
+        slots = enumerate(list(SLOT.iter_unpack(self._slots))[:workers])
+        return [int(n) if at >= since else 0 for k, (_, n, at) in slots if k != self._slot]
 
     def close(self) -> None:
         """At shutdown: remove the file (workers that still run keep their mapping)."""
@@ -101,14 +117,14 @@ class Activity:
         """Mark this worker running for the duration of the block."""
         with self._lock:
             self._running += 1
-            self._write(math.inf)
+            self._write(ENDED, math.inf)
         try:
             yield
         finally:
             with self._lock:
                 self._running -= 1
                 if not self._running:
-                    self._write(time.monotonic())
+                    self._write(ENDED, time.monotonic())
 
 
 def wide_when_quiet(path: Path | None, threads: int) -> Wide | None:

@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,12 +65,31 @@ def standby(parser: argparse.ArgumentParser) -> int:
     between jobs, so a job pays that while the service is idle instead. The line
     it reads is `run`'s arguments (`run --job-id ID --log PATH`); end of input,
     the runner stopping, ends it.
+
+    The imports run at autogroup nice 19: work done ahead must not slow serving.
+    Each worker's standby starts 15 s after the server, and at RETRAIN_NICE the two
+    took a third of the CPU from 64 clients while they imported (bench/SERVING.md,
+    2026-12-01 sixth session). A job's line, read meanwhile, puts the level back.
     """
+    from retrain.cpu_share import MAX_NICE, autogroup_nice, set_session_nice
+
+    level = autogroup_nice()
+    lowered = level is not None and set_session_nice(MAX_NICE)
+    line = ""
+
+    def wait_for_job() -> None:
+        nonlocal line
+        line = sys.stdin.readline()
+        if lowered and level is not None:
+            set_session_nice(level)
+
+    reader = threading.Thread(target=wait_for_job, name="job-line", daemon=True)
+    reader.start()
     import retrain.job  # noqa: F401  (the imports are the point)
 
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    line = sys.stdin.readline()
+    reader.join()
     if not line.strip():
         return 0
     args = parser.parse_args(shlex.split(line))

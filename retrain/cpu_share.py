@@ -23,10 +23,12 @@ RETRAIN_NICE.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,33 @@ def _ran_and_waited(before: Sample, after: Sample) -> tuple[int, int]:
     return ran, waited
 
 
-def _autogroup_nice() -> int | None:
+def autogroup_nice() -> int | None:
     try:
         return int(AUTOGROUP.read_text().split("nice")[-1])
     except (OSError, ValueError):
         return None
+
+
+def own_session() -> bool:
+    """The autogroup is the session's: steering it from a shared session would renice the
+    shell or server that started us. The local backend starts a session per job."""
+    return os.getsid(0) == os.getpid()
+
+
+def set_session_nice(nice: int, tries: int = 10) -> bool:
+    """Move this session's autogroup to `nice`, waiting out the kernel's limit of one change
+    per 100 ms; False where there is no own session or autogroup to move."""
+    if not own_session() or autogroup_nice() is None:
+        return False
+    for _ in range(tries):
+        try:
+            AUTOGROUP.write_text(str(nice))
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                return False
+            time.sleep(0.1)
+    return False
 
 
 def next_nice(nice: int, slowdown: float, target: float, floor: int) -> int:
@@ -83,7 +107,7 @@ class SlowdownGovernor:
 
     def __init__(self, target: float, period_s: float = PERIOD_S) -> None:
         self.target, self.period_s = target, period_s
-        self.floor = _autogroup_nice()
+        self.floor = autogroup_nice()
         self.nice = self.floor
         self.levels: list[int] = []  # the level after each period, for the job's log
         self.not_steered: str | None = None  # why, when it does not steer
@@ -91,9 +115,7 @@ class SlowdownGovernor:
         self._thread = threading.Thread(target=self._steer, name="slowdown-governor", daemon=True)
 
     def start(self) -> SlowdownGovernor:
-        # The autogroup is the session's: steering it from a shared session would renice
-        # the shell or server that started us. The local backend starts a session per job.
-        if os.getsid(0) != os.getpid():
+        if not own_session():
             self.not_steered = "not a session of its own"
         elif self.floor is None:
             self.not_steered = "no autogroup"

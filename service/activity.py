@@ -13,13 +13,14 @@ log = logging.getLogger(__name__)
 
 def worker_activity() -> Activity | None:
     """This BentoML worker's slot in its server's activity file; None outside a server,
-    or where the file cannot be made (lone texts then stay on the worker's threads)."""
+    or where the file cannot be made (lone texts then stay on the worker's threads, and
+    connections are not balanced)."""
     index = bentoml.server_context.worker_index
     if not index:
         return None
     try:
         return Activity(index - 1)
     except (OSError, ValueError) as exc:  # no temp dir to share; more workers than SLOTS
-        log.warning("lone texts stay on one worker's threads: cannot share %s: %s",
-                    shared_path(), exc)  # fmt: skip
+        log.warning("lone texts stay on one worker's threads and connections are not "
+                    "balanced: cannot share %s: %s", shared_path(), exc)  # fmt: skip
         return None

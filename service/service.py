@@ -24,6 +24,7 @@ from bentoml.validators import ContentType
 
 from service.activity import worker_activity
 from service.api import build_api
+from service.balance import ConnectionBalancer
 from service.batching import dispatch_without_learned_wait
 from service.client_errors import log_client_errors_in_one_line
 from service.errors import ErrorBoundary
@@ -136,10 +137,12 @@ class TextClassifier:
 # `@bentoml.service` returns a Service, but mypy sees the bare class: the package
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
-# Outermost first: any exception is a prompt JSON 500; our routes (admin after
+# Outermost first: any exception is a prompt JSON 500; connections are evened out over the
+# workers (service.balance); our routes (admin after
 # auth, the protocols) are answered before the predict guards see them; size
 # and content type are checked before the model gate.
 _service.add_asgi_middleware(ErrorBoundary)
+_service.add_asgi_middleware(ConnectionBalancer, workers=settings.workers)
 _service.add_asgi_middleware(
     ApiRoutes,
     api_factory=lambda plane: build_api(

@@ -110,4 +110,4 @@ def test_a_worker_without_a_shared_activity_file_stays_narrow(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     with caplog.at_level(logging.WARNING):
         assert worker_activity() is None
-    assert "lone texts stay on one worker's threads" in caplog.text
+    assert "lone texts stay on one worker's threads and connections are not" in caplog.text

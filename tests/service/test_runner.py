@@ -3,11 +3,13 @@ a woken runner claims a queued job at once, and a job goes to the standby starte
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from service.runner import STANDBY_LOG, JobRunner, LocalBackend, LocalProcess, RunningJob
 from service.settings import Settings
@@ -152,5 +154,38 @@ def test_the_standby_is_closed_after_an_idle_window_and_a_job_brings_it_back(
         assert isinstance(running, LocalProcess) and running.process.wait(timeout=120) == 0
         backend.idle()  # the job reopened the window
         assert _ready_standby(tmp_path / "jobs", 2)
+    finally:
+        backend.close()
+
+
+def _autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[-1])
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroup scheduling"
+)
+def test_a_standby_imports_at_nice_19_and_its_job_starts_at_retrain_nice(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, model_poll_seconds=60, retrain_nice=2)
+    store = Store(settings.resolved_database_url)
+    backend = LocalBackend(settings, standby_after_s=0)
+    try:
+        backend.idle()
+        deadline = time.monotonic() + 10
+        while not _standbys() or _autogroup_nice(_standbys()[0].pid) != 19:
+            assert time.monotonic() < deadline, "the standby did not lower its priority"
+            time.sleep(0.05)
+        standby = _ready_standby(tmp_path / "jobs", 1)
+        assert _autogroup_nice(standby) == 19  # imported, waiting: still out of the way
+        with store.transaction() as tx:
+            job = jobs.create(tx, "m", {})
+        claimed = jobs.claim_next(store)
+        assert claimed is not None
+        running = backend.launch(claimed)
+        assert isinstance(running, LocalProcess) and running.process.pid == standby
+        assert running.process.wait(timeout=120) == 0
+        # The job's governor started from RETRAIN_NICE, not from the standby's 19.
+        log = (tmp_path / "jobs" / f"{job.id}.log").read_text()
+        assert re.search(r"over the job \(per second\): (from )?2\b", log), log[-500:]
     finally:
         backend.close()
