@@ -104,9 +104,10 @@ class Activity:
     def others_connections(self, workers: int, max_age_s: float) -> list[int]:
         """The connections of the server's other workers (slots below `workers`); 0 for one
         that counted none in `max_age_s`: a worker no request reaches serves none."""
-        since = time.monotonic() - max_age_s
-        slots = enumerate(list(SLOT.iter_unpack(self._slots))[:workers])
-        return [int(n) if at >= since else 0 for k, (_, n, at) in slots if k != self._slot]
+        since, slots = time.monotonic() - max_age_s, min(workers, SLOTS)
+        fields = struct.unpack_from(SLOT.format * slots, self._slots)  # per request: those only
+        counts = zip(fields[1::3], fields[2::3], strict=True)
+        return [int(n) if at >= since else 0 for k, (n, at) in enumerate(counts) if k != self._slot]
 
     def close(self) -> None:
         """At shutdown: remove the file (workers that still run keep their mapping)."""

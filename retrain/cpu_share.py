@@ -8,10 +8,10 @@ depends on the load and the machine. So the job measures its own slowdown
 and steers its nice level to it, once a second: from the kernel's schedstat,
 (time on a CPU + time runnable but waiting for one) / time on a CPU, over the
 process's threads. Time asleep (files, the database) does not count. A job
-that is not slowed at all yields too: on a quiet server that costs it nothing,
-and under load it may be the scheduler that has put the job on a core of its
-own and both workers on the other (seen once: the job ran at its quiet speed
-while predict throughput halved); a lighter job lets it rebalance.
+that is not slowed at all yields too: on a quiet server that costs it nothing
+(the job once ran at its quiet speed under load while predict throughput
+halved; that was the load's connections piled on one worker, which
+service/balance.py now evens out).
 
 The level moved is the autogroup's (`/proc/self/autogroup`): the local backend
 starts each retrain in a session of its own (service/runner.py), where that is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import bentoml
@@ -24,3 +25,10 @@ def worker_activity() -> Activity | None:
         log.warning("lone texts stay on one worker's threads and connections are not "
                     "balanced: cannot share %s: %s", shared_path(), exc)  # fmt: skip
         return None
+
+
+@functools.cache
+def this_worker_activity() -> Activity | None:
+    """The one `worker_activity()` of this process, which the model holder (lone texts)
+    and the connection balancer share."""
+    return worker_activity()

@@ -21,8 +21,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.activity import Activity
-from service.activity import worker_activity
+from service.activity import this_worker_activity
 
 WINDOW_S = 1.0
 CLOSE_INTERVAL_S = 0.05
@@ -37,8 +36,6 @@ class ConnectionBalancer:
     def __init__(self, app: ASGIApp, workers: int) -> None:
         self.app = app
         self.workers = workers
-        self._activity: Activity | None = None
-        self._looked = False  # for the activity file: made once, on the first request
         self._seen: dict[tuple[str, int], float] = {}  # client address -> last request
         self._pruned = 0.0
         self._closed = 0.0
@@ -57,7 +54,7 @@ class ConnectionBalancer:
         await self.app(scope, receive, closing)
 
     def _should_close(self, client: tuple[str, int]) -> bool:
-        activity = self._worker_activity()
+        activity = this_worker_activity()  # made on the first request, in the worker
         if activity is None:
             return False
         now = time.monotonic()
@@ -76,8 +73,3 @@ class ConnectionBalancer:
             self._closed = now
         activity.count_connections(len(self._seen))
         return close
-
-    def _worker_activity(self) -> Activity | None:
-        if not self._looked:
-            self._activity, self._looked = worker_activity(), True
-        return self._activity

@@ -22,7 +22,7 @@ from typing import Annotated, cast
 import bentoml
 from bentoml.validators import ContentType
 
-from service.activity import worker_activity
+from service.activity import this_worker_activity
 from service.api import build_api
 from service.balance import ConnectionBalancer
 from service.batching import dispatch_without_learned_wait
@@ -61,20 +61,21 @@ class TextClassifier:
     def __init__(self) -> None:
         self.metrics = ServiceMetrics(settings.max_batch_size)
         self.store = open_store(settings.resolved_database_url)
-        self.activity = worker_activity() if settings.wide_threads else None
+        self.activity = this_worker_activity()
+        wide_activity = self.activity if settings.wide_threads else None
         self.holder = ModelHolder(
             resolver=active_version_resolver(self.store, settings.model_name),
             threads=settings.threads_per_worker,
             poll_seconds=settings.model_poll_seconds,
             spin=settings.ort_spin,
             wide_threads=settings.wide_threads,
-            activity=self.activity,
+            activity=wide_activity,
         )
         self.holder.on_swap(self.metrics.swapped)
         self.holder.start()
         self.jobs = JobRunner(
             self.store,
-            make_backend(settings, self.activity.path if self.activity else None),
+            make_backend(settings, wide_activity.path if wide_activity else None),
             settings,
             on_finished=self._job_finished,
             on_poll=self._count_examples,
@@ -137,10 +138,10 @@ class TextClassifier:
 # `@bentoml.service` returns a Service, but mypy sees the bare class: the package
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
-# Outermost first: any exception is a prompt JSON 500; connections are evened out over the
-# workers (service.balance); our routes (admin after
-# auth, the protocols) are answered before the predict guards see them; size
-# and content type are checked before the model gate.
+# Outermost first: any exception is a prompt JSON 500; the workers' shares of the
+# connections are evened out (service.balance); our routes (admin after auth, the
+# protocols) are answered before the predict guards see them; size and content type
+# are checked before the model gate.
 _service.add_asgi_middleware(ErrorBoundary)
 _service.add_asgi_middleware(ConnectionBalancer, workers=settings.workers)
 _service.add_asgi_middleware(
