@@ -45,6 +45,7 @@ import httpx
 import psutil
 
 from service.runner import STANDBY_LOG
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shared datasets sit beside the checkout (../shared), as on every dev and CI machine.
@@ -362,8 +363,9 @@ def run(args: argparse.Namespace) -> None:
         )[0]
         print(f"cold start to ready: {cold_s:.1f} s")
         for i, config in enumerate(configs):
-            waited = wait_for_standbys(state / str(i), config.workers)
-            print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
+            if Settings().retrain_standby:  # RETRAIN_STANDBY as the servers see it
+                waited = wait_for_standbys(state / str(i), config.workers)
+                print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
         for round_ in range(args.rounds):
             for c in CONCURRENCY:
                 names = list(urls)
