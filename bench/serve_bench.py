@@ -362,10 +362,10 @@ def run(args: argparse.Namespace) -> None:
             server([*naive_cmd, "--working-dir", "bench"], naive_env, "/readyz")
         )[0]
         print(f"cold start to ready: {cold_s:.1f} s")
-        for i, config in enumerate(configs):
-            if Settings().retrain_standby:  # RETRAIN_STANDBY as the servers see it
-                waited = wait_for_standbys(state / str(i), config.workers)
-                print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
+        standbys = Settings().retrain_standby  # RETRAIN_STANDBY as the servers see it
+        for i, config in enumerate(configs if standbys else []):
+            waited = wait_for_standbys(state / str(i), config.workers)
+            print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
         for round_ in range(args.rounds):
             for c in CONCURRENCY:
                 names = list(urls)

@@ -74,14 +74,14 @@ def standby(parser: argparse.ArgumentParser) -> int:
     from retrain.cpu_share import MAX_NICE, autogroup_nice, set_session_nice
 
     level = autogroup_nice()
-    lowered = level is not None and set_session_nice(MAX_NICE)
+    restore = level if level is not None and set_session_nice(MAX_NICE) else None
     line = ""
 
     def wait_for_job() -> None:
         nonlocal line
         line = sys.stdin.readline()
-        if lowered and level is not None:
-            set_session_nice(level)
+        if restore is not None:
+            set_session_nice(restore)
 
     reader = threading.Thread(target=wait_for_job, name="job-line", daemon=True)
     reader.start()

@@ -150,10 +150,8 @@ class SlowdownGovernor:
                 continue
             wanted = next_nice(self.nice, (ran + waited) / max(ran, 1), self.target, self.floor)
             if wanted != self.nice:
-                try:
-                    AUTOGROUP.write_text(str(wanted))
-                except OSError as exc:  # EAGAIN: another process set one within 100 ms
-                    log.debug("autogroup nice %d not set: %s", wanted, exc)
+                # One try: a change another process made within 100 ms waits a period.
+                if not set_session_nice(wanted, tries=1):
                     continue
                 self.nice = wanted
             self.levels.append(self.nice)
