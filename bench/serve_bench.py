@@ -6,6 +6,7 @@ Measures, in one run and interleaved (timings drift on shared machines):
 
 * the limit: the same ONNX model called in-process (`Classifier.score`) at
   batch sizes 1, 8 and 64 — the best of them is what serving could reach;
+  measured again right before each load level, and each ratio pairs the two;
 * our service (`bentoml serve service.service:TextClassifier`) in each
   `--configs` WORKERS:ORT_THREADS[:nospin][:narrow] choice: single-text requests at
   concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency;
@@ -44,6 +45,7 @@ import aiohttp
 import httpx
 import psutil
 
+from core.runtime import Classifier
 from service.runner import STANDBY_LOG
 from service.settings import Settings
 
@@ -128,6 +130,43 @@ class Load:
     p95_ms: float
     p99_ms: float
     errors: int
+
+
+def pin_version(model: str, state_dir: Path) -> str:
+    """Make `model`'s newest version the active one in a fresh store under `state_dir`.
+
+    A fresh store otherwise adopts the newest version that is no retrain's output
+    (`service.model_holder`), which need not be the file measured in-process and
+    by the naive service: a bootstrap's quick fp32 model, say, beside its int8 refit.
+    """
+    from core import registry
+    from store import open_store, versions
+
+    newest = registry.get(f"{model}:latest")
+    tag = str(newest.tag)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    active = versions.adopt_if_none(open_store(f"sqlite:///{state_dir / 'service.db'}"), model, tag)
+    if active != tag:
+        raise SystemExit(f"{state_dir} already serves {active}, not {tag}: use a fresh state dir")
+    return str(newest.version)
+
+
+@contextmanager
+def ours(config: Config, model: str, state_dir: Path) -> Iterator[tuple[str, float, int]]:
+    """Our service in `config`, serving `model`'s newest version (checked); as `server`."""
+    name = config.model or model
+    version = pin_version(name, state_dir)
+    command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
+    with server(command, config.env(model, state_dir), "/readyz") as started:
+        check_serves(started[0], version)
+        yield started
+
+
+def check_serves(url: str, version: str) -> None:
+    """Refuse to measure a server that answers with another model version than asked for."""
+    answer = httpx.post(url + PREDICT.path, json=PREDICT.body("hello"), timeout=30).json()
+    if answer[0]["model_version"] != version:
+        raise SystemExit(f"{url} serves {answer[0]['model_version']}, not {version}")
 
 
 def read_texts(path: Path) -> list[str]:
@@ -240,17 +279,21 @@ async def load(
     return Load(len(latencies) / elapsed, pct(0.50), pct(0.95), pct(0.99), errors)
 
 
-def in_process(model: str, texts: list[str], threads: int) -> dict[int, float]:
-    """Texts/s of `Classifier.score` at batch sizes 1, 8, 64 (median of 3 interleaved rounds)."""
+def load_classifier(model: str, threads: int) -> Classifier:
+    """`model`'s newest version in-process, warmed up: the limit serving is measured against."""
     from core import registry
-    from core.runtime import Classifier
 
     version = registry.get(f"{model}:latest")
     classifier = Classifier(version.path, version.max_length, threads)
-    classifier.score(texts[:64])
+    classifier.score(["warm up"] * 64)
+    return classifier
+
+
+def in_process(classifier: Classifier, texts: list[str], repeats: int = 3) -> dict[int, float]:
+    """Texts/s of `Classifier.score` at batch sizes 1, 8, 64 (median of interleaved repeats)."""
     rates: dict[int, list[float]] = {1: [], 8: [], 64: []}
     sample = texts[:512]
-    for _ in range(3):
+    for _ in range(repeats):
         for batch in rates:
             start = time.perf_counter()
             for i in range(0, len(sample), batch):
@@ -293,10 +336,12 @@ def fmt(load_: Load) -> str:
 def run_protocols(args: argparse.Namespace, texts: list[str], best: float) -> None:
     """The three wire shapes against one server, interleaved: what a protocol route costs."""
     routes = protocol_routes(args.model)
-    command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
-    env = {"MODEL_NAME": args.model, "TOKENIZERS_PARALLELISM": "false"}
+    config = Config.parse(args.configs[0])
     results: dict[tuple[str, int], list[Load]] = {}
-    with server(command, env, "/readyz") as (url, _, _):
+    with (
+        tempfile.TemporaryDirectory(prefix="serve-bench-") as state,
+        ours(config, args.model, Path(state)) as (url, _, _),
+    ):
         for _ in range(args.rounds):
             for c in CONCURRENCY:
                 for name, route in routes.items():
@@ -315,14 +360,21 @@ def run_protocols(args: argparse.Namespace, texts: list[str], best: float) -> No
         for name in routes:
             runs = results[(name, c)]
             # Paired by round: each route ran right after /predict, so drift cancels.
-            paired = statistics.median(
-                r.texts_per_s / p.texts_per_s for r, p in zip(runs, predict, strict=True)
-            )
+            paired = paired_ratio(rates(runs), rates(predict))
             m = median(runs)
             print(
                 f"| {c} | {routes[name].path} | {fmt(m)} "
                 f"| {paired:.2f} | {m.texts_per_s / best:.2f} |"
             )
+
+
+def rates(runs: list[Load]) -> list[float]:
+    return [r.texts_per_s for r in runs]
+
+
+def paired_ratio(values: list[float], baselines: list[float]) -> float:
+    """The median over rounds of value / baseline, each pair measured side by side."""
+    return statistics.median(v / b for v, b in zip(values, baselines, strict=True))
 
 
 def median(runs: list[Load]) -> Load:
@@ -333,7 +385,8 @@ def median(runs: list[Load]) -> Load:
 def run(args: argparse.Namespace) -> None:
     texts = read_texts(args.texts)
     cores = os.cpu_count() or 1
-    limit = in_process(args.model, texts, cores)
+    classifier = load_classifier(args.model, cores)
+    limit = in_process(classifier, texts)
     best = max(limit.values())
     print(f"in-process texts/s by batch size: { {b: round(r) for b, r in limit.items()} }")
     if args.protocols:
@@ -342,7 +395,6 @@ def run(args: argparse.Namespace) -> None:
 
     from core import registry
 
-    ours_cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
     naive_cmd = [sys.executable, "-m", "bentoml", "serve", "naive_service:Naive"]
     naive_env = {"NAIVE_MODEL_DIR": str(registry.get(f"{args.model}:latest").path)}
     configs = [Config.parse(c) for c in args.configs]
@@ -350,14 +402,12 @@ def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-bench-")))
         # The first configuration alone first: its cold start is the one reported.
-        first_url, cold_s, first_pid = stack.enter_context(
-            server(ours_cmd, configs[0].env(args.model, state / "0"), "/readyz")
-        )
-        urls = {configs[0].label: first_url}
-        for i, config in enumerate(configs[1:], 1):
-            urls[config.label] = stack.enter_context(
-                server(ours_cmd, config.env(args.model, state / str(i)), "/readyz")
-            )[0]
+        urls: dict[str, str] = {}
+        for i, config in enumerate(configs):
+            url, ready_s, pid = stack.enter_context(ours(config, args.model, state / str(i)))
+            urls[config.label] = url
+            if i == 0:
+                first_url, cold_s, first_pid = url, ready_s, pid
         urls[NAIVE] = stack.enter_context(
             server([*naive_cmd, "--working-dir", "bench"], naive_env, "/readyz")
         )[0]
@@ -366,8 +416,13 @@ def run(args: argparse.Namespace) -> None:
         for i, config in enumerate(configs if standbys else []):
             waited = wait_for_standbys(state / str(i), config.workers)
             print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
+        # The limit again just before each load level: the machine drifts by up to 1.5x
+        # within minutes, so each ratio pairs a phase with the in-process rate next to it.
+        bests: dict[int, list[float]] = {}
         for round_ in range(args.rounds):
             for c in CONCURRENCY:
+                bests.setdefault(c, []).append(max(in_process(classifier, texts, 1).values()))
+                print(f"in-process best before c={c}: {bests[c][-1]:.0f}", flush=True)
                 names = list(urls)
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     result = asyncio.run(
@@ -381,20 +436,17 @@ def run(args: argparse.Namespace) -> None:
 
     print(
         "\n| concurrency | server | texts/s (median round) | p50/p95/p99 ms "
-        "| / in-process best | / naive (paired by round) |"
+        "| / in-process best | / naive (both paired by round, median) |"
     )
     print("|---|---|---|---|---|---|")
     for c in CONCURRENCY:
-        naive = results[(NAIVE, c)]
         for name in urls:
             runs = results[(name, c)]
-            paired = statistics.median(
-                r.texts_per_s / n.texts_per_s for r, n in zip(runs, naive, strict=True)
-            )
-            m = median(runs)
-            print(f"| {c} | {name} | {fmt(m)} | {m.texts_per_s / best:.2f} | {paired:.2f} |")
+            to_best = paired_ratio(rates(runs), bests[c])
+            to_naive = paired_ratio(rates(runs), rates(results[(NAIVE, c)]))
+            print(f"| {c} | {name} | {fmt(median(runs))} | {to_best:.2f} | {to_naive:.2f} |")
     print(
-        f"\nin-process best: {best:.0f} texts/s (batch sizes: "
+        f"\nin-process best at the start: {best:.0f} texts/s (batch sizes: "
         + ", ".join(f"{b}: {r:.0f}" for b, r in limit.items())
         + f"; {cores} ORT threads)"
     )
@@ -418,7 +470,7 @@ def main() -> None:
         nargs="+",
         default=["2:1"],
         help="our WORKERS:ORT_THREADS[:nospin][:narrow][@MODEL] choices; the first one's cold "
-        "start and memory are reported",
+        "start and memory are reported, and --protocols serves it",
     )
     parser.add_argument(
         "--protocols", action="store_true", help="compare /predict, POST / and V2 infer instead"
