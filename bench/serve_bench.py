@@ -333,17 +333,28 @@ def fmt(load_: Load) -> str:
     )
 
 
-def run_protocols(args: argparse.Namespace, texts: list[str], best: float) -> None:
+def measure_limit(
+    classifier: Classifier, texts: list[str], c: int, bests: dict[int, list[float]]
+) -> None:
+    """The in-process best again, just before a load level: the machine drifts by up to 1.5x
+    within minutes, so each ratio pairs a phase with the in-process rate next to it."""
+    bests.setdefault(c, []).append(max(in_process(classifier, texts, 1).values()))
+    print(f"in-process best before c={c}: {bests[c][-1]:.0f}", flush=True)
+
+
+def run_protocols(args: argparse.Namespace, texts: list[str], classifier: Classifier) -> None:
     """The three wire shapes against one server, interleaved: what a protocol route costs."""
     routes = protocol_routes(args.model)
     config = Config.parse(args.configs[0])
     results: dict[tuple[str, int], list[Load]] = {}
+    bests: dict[int, list[float]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="serve-bench-") as state,
         ours(config, args.model, Path(state)) as (url, _, _),
     ):
         for _ in range(args.rounds):
             for c in CONCURRENCY:
+                measure_limit(classifier, texts, c, bests)
                 for name, route in routes.items():
                     result = asyncio.run(
                         load(url, texts, c, args.requests, args.max_seconds, route)
@@ -352,7 +363,7 @@ def run_protocols(args: argparse.Namespace, texts: list[str], best: float) -> No
                     print(f"{name} c={c}: {fmt(result)}", flush=True)
     print(
         "\n| concurrency | route | texts/s (median round) | p50/p95/p99 ms "
-        "| vs /predict (median of rounds) | vs in-process best |"
+        "| vs /predict | vs in-process best (both paired by round, median) |"
     )
     print("|---|---|---|---|---|---|")
     for c in CONCURRENCY:
@@ -361,11 +372,9 @@ def run_protocols(args: argparse.Namespace, texts: list[str], best: float) -> No
             runs = results[(name, c)]
             # Paired by round: each route ran right after /predict, so drift cancels.
             paired = paired_ratio(rates(runs), rates(predict))
-            m = median(runs)
-            print(
-                f"| {c} | {routes[name].path} | {fmt(m)} "
-                f"| {paired:.2f} | {m.texts_per_s / best:.2f} |"
-            )
+            to_best = paired_ratio(rates(runs), bests[c])
+            row = f"| {c} | {routes[name].path} | {fmt(median(runs))}"
+            print(f"{row} | {paired:.2f} | {to_best:.2f} |")
 
 
 def rates(runs: list[Load]) -> list[float]:
@@ -390,7 +399,7 @@ def run(args: argparse.Namespace) -> None:
     best = max(limit.values())
     print(f"in-process texts/s by batch size: { {b: round(r) for b, r in limit.items()} }")
     if args.protocols:
-        run_protocols(args, texts, best)
+        run_protocols(args, texts, classifier)
         return
 
     from core import registry
@@ -416,13 +425,10 @@ def run(args: argparse.Namespace) -> None:
         for i, config in enumerate(configs if standbys else []):
             waited = wait_for_standbys(state / str(i), config.workers)
             print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
-        # The limit again just before each load level: the machine drifts by up to 1.5x
-        # within minutes, so each ratio pairs a phase with the in-process rate next to it.
         bests: dict[int, list[float]] = {}
         for round_ in range(args.rounds):
             for c in CONCURRENCY:
-                bests.setdefault(c, []).append(max(in_process(classifier, texts, 1).values()))
-                print(f"in-process best before c={c}: {bests[c][-1]:.0f}", flush=True)
+                measure_limit(classifier, texts, c, bests)
                 names = list(urls)
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     result = asyncio.run(
