@@ -23,9 +23,9 @@ from service.admin import AdminApi
 from service.dataplane import DataPlane
 from service.errors import (
     ErrorBody,
-    ErrorDetail,
     RefusedError,
     internal_error_message,
+    invalid_request,
     log_failure,
     new_request_id,
 )
@@ -33,18 +33,9 @@ from service.protocols import hf, v2
 from service.settings import Settings
 from store import Store
 
-MAX_DETAILS = 50
 # Methods BentoML serves on a path we share ("/": its index page), for our 405's Allow.
 ALSO_ALLOWED = "selftune.also_allowed"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    """pydantic's ('body', 'examples', 3, 'label') as 'examples[3].label'."""
-    out = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
 
 
 def _answer(status: int, body: ErrorBody) -> JSONResponse:
@@ -61,11 +52,7 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     errors: list[dict[str, Any]] = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return _answer(400, ErrorBody(error="body is not valid JSON"))
-    details = [ErrorDetail(loc=_location(tuple(e["loc"])), msg=e["msg"]) for e in errors]
-    summary = "; ".join(f"{d.loc}: {d.msg}" for d in details[:5])
-    return _answer(
-        422, ErrorBody(error=f"invalid request: {summary}", details=details[:MAX_DETAILS])
-    )
+    return _answer(422, invalid_request(errors))
 
 
 def allowed_methods(api: FastAPI, scope: Scope) -> list[str]:

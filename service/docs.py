@@ -4,8 +4,8 @@ BentoML documents its own routes (/predict and the health and metrics
 endpoints) and FastAPI documents ours (admin, Hugging Face, Open Inference
 Protocol); BentoML's spec model cannot carry parameters or security schemes,
 so instead of mounting our app into BentoML's document we merge the two
-here. /predict's error responses are replaced with the bodies it really
-sends: BentoML documents `detail` as a string and sends a list.
+here. /predict is declared to BentoML but answered in front of it
+(`service.predict_route`), so its error responses are the ones that route sends.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, Field
 
 from service.errors import ErrorBody
 
@@ -29,19 +28,13 @@ WHY = {
     422: "The request is well-formed but invalid; `details` names each problem.",
     500: "An internal error; the message carries the request id the server log repeats.",
     503: "No model version is loaded yet, or the service is overloaded: retry later.",
+    504: "Scoring took longer than REQUEST_TIMEOUT_S: retry later.",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """FastAPI `responses=` entries: each status answers an `ErrorBody`."""
     return {status: {"model": ErrorBody, "description": WHY[status]} for status in statuses}
-
-
-class BentoMLValidationError(BaseModel):
-    """What BentoML answers when /predict's body does not match its schema."""
-
-    error: str
-    detail: list[dict[str, Any]] = Field(description="pydantic's errors, one per problem.")
 
 
 def _schema_ref(name: str) -> dict[str, Any]:
@@ -56,13 +49,11 @@ def _json_response(description: str, schema: str) -> dict[str, Any]:
 
 
 def _predict_errors() -> dict[str, Any]:
-    errors = {
-        str(status): _json_response(WHY[status], "ErrorBody") for status in (413, 415, 500, 503)
+    why = {**WHY, 400: "The body does not match the schema; `details` names each problem."}
+    return {
+        str(status): _json_response(why[status], "ErrorBody")
+        for status in (400, 413, 415, 500, 503, 504)
     }
-    errors["400"] = _json_response(
-        "The body does not match the schema (BentoML's validation).", "BentoMLValidationError"
-    )
-    return errors
 
 
 def merged_openapi(bentoml_spec: dict[str, Any], api: FastAPI) -> dict[str, Any]:
@@ -89,8 +80,7 @@ def merged_openapi(bentoml_spec: dict[str, Any], api: FastAPI) -> dict[str, Any]
     components = ours.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas.update(bentoml_spec.get("components", {}).get("schemas", {}))
-    for model in (ErrorBody, BentoMLValidationError):
-        extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(extra.pop("$defs", {}))
-        schemas[model.__name__] = extra
+    extra = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(extra.pop("$defs", {}))
+    schemas[ErrorBody.__name__] = extra
     return {**ours, "paths": paths, "tags": bentoml_spec.get("tags", []) + ours.get("tags", [])}

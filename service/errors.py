@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
+from typing import Any
 
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +51,24 @@ class RefusedError(Exception):
 
     def body(self) -> ErrorBody:
         return ErrorBody(error=self.message, details=self.details)
+
+
+MAX_DETAILS = 50
+
+
+def location(loc: tuple[int | str, ...]) -> str:
+    """pydantic's ('body', 'examples', 3, 'label') as 'examples[3].label'."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]]) -> ErrorBody:
+    """pydantic's errors as one answer: the first few in the message, each in `details`."""
+    details = [ErrorDetail(loc=location(tuple(e["loc"])), msg=e["msg"]) for e in errors]
+    summary = "; ".join(f"{d.loc}: {d.msg}" for d in details[:5])
+    return ErrorBody(error=f"invalid request: {summary}", details=details[:MAX_DETAILS])
 
 
 def error_bytes(message: str) -> bytes:
@@ -87,15 +107,10 @@ def log_failure(request_id: str, scope: Scope) -> None:
 
 
 def bentoml_error_message(status: int, headers: dict[bytes, bytes]) -> str | None:
-    """What BentoML's own 500 and shed-503 should have said ("unexpected error, see the log")."""
+    """What BentoML's own 500 should have said ("unexpected error, check the server log")."""
     request_id = headers.get(b"x-bentoml-request-id", b"").decode("latin-1")
     if status == 500 and request_id:
         return internal_error_message(request_id)  # its span id, which its log line carries
-    if status == 503 and request_id:  # BentoML's batching shed it
-        return (
-            "the service is overloaded and shed this request (its wait would pass "
-            "MAX_LATENCY_MS); retry after a short backoff"
-        )
     return None
 
 

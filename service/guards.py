@@ -1,13 +1,10 @@
-"""The ASGI middlewares in front of BentoML, outermost first (after `errors.ErrorBoundary`).
+"""Our routes in front of BentoML's: `ApiRoutes`, and the admin token check.
 
-* `ApiRoutes` sends the paths of our FastAPI app (admin, Hugging Face, Open
-  Inference Protocol) there, admin ones after the bearer-token check and
-  before any body is read, and answers /docs.json for the whole surface;
-  everything else goes on to BentoML.
-* `RequestGuard` refuses a wrong content type (415) and a body over the cap
-  (413) while reading it: BentoML would read a whole body into memory first.
-* `ModelGate` answers /predict with 503 and what to do while no model is
-  loaded (BentoML replaces the message of every 5xx an API raises).
+`ApiRoutes` sends the paths of our FastAPI app (admin, Hugging Face, Open
+Inference Protocol) there, admin ones after the bearer-token check and before
+any body is read, and answers /docs.json for the whole surface; everything else
+goes on to BentoML. `RequestGuard` (`service.request_body`) caps each family's
+bodies and, added after `ApiRoutes`, whatever else reaches BentoML.
 """
 
 from __future__ import annotations
@@ -22,128 +19,22 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import ALSO_ALLOWED
-from service.dataplane import DataPlane, call, no_model_message, served_model
+from service.dataplane import DataPlane
 from service.docs import merged_openapi
 from service.errors import JSON_MEDIA_TYPE, send_json, send_json_error
 from service.protocols.v2_binary import BinaryRequests
+from service.request_body import RequestGuard
 from service.schemas import PREDICT_ROUTE
 from service.settings import get_settings
 
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 ADMIN_PREFIXES = ("/examples", "/retrain", "/jobs", "/models")
 V2_PREFIX = "/v2"
 DOCS_ROUTE = "/docs.json"
 BENTOML_ROUTES = frozenset({PREDICT_ROUTE, "/livez", "/readyz", "/healthz", "/metrics"})
 # BentoML's index page shares "/" with our Hugging Face route (POST).
 BENTOML_SHARED = frozenset({("/", "GET"), ("/", "HEAD")})
-JSON_ONLY = frozenset({JSON_MEDIA_TYPE})
 # tritonclient sends JSON without a Content-Type, and binary tensors as octet-stream.
 V2_MEDIA_TYPES = frozenset({JSON_MEDIA_TYPE, "", "application/octet-stream"})
-
-
-class RequestGuard:
-    """Refuse bodies that are not JSON or too large before the app reads them.
-
-    A body within the cap is read here, counting bytes as they arrive, and
-    replayed to the app; one over the cap is refused at the first byte past it
-    (or at once, when Content-Length already says so).
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_body_bytes: int,
-        limit_name: str = "MAX_BODY_BYTES",
-        media_types: frozenset[str] = JSON_ONLY,
-    ) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.limit_name = limit_name
-        self.media_types = media_types
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
-            # No body at all (e.g. POST /models/{v}/activate): nothing to type or cap.
-            await self.app(scope, receive, send)
-            return
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in self.media_types:
-            await send_json_error(
-                send,
-                415,
-                f"request bodies must be JSON sent with 'Content-Type: {JSON_MEDIA_TYPE}'"
-                f" (got {media_type or 'no content type'!r})",
-            )
-            return
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send)
-            return
-        body = await self._read_capped(receive)
-        if body is None:
-            await self._too_large(send)
-            return
-        await self.app(scope, _replay(body, receive), send)
-
-    async def _read_capped(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it grows past the cap."""
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                break
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
-        return b"".join(chunks)
-
-    async def _too_large(self, send: Send) -> None:
-        await send_json_error(
-            send,
-            413,
-            f"request body is larger than {self.max_body_bytes} bytes ({self.limit_name}); "
-            "send less per request",
-        )
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that yields the already-read body once, then defers to the real one."""
-    pending = True
-
-    async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-class ModelGate:
-    """Answer /predict with 503 and what to do about it while no model is loaded.
-
-    This lives in front of BentoML rather than in `predict` because BentoML
-    replaces the message of every 5xx an API raises with a generic one.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE and served_model() is None:
-            await send_json_error(send, 503, no_model_message())
-            return
-        await self.app(scope, receive, send)
 
 
 def admin_refusal(scope: Scope) -> tuple[int, str] | None:
@@ -184,7 +75,7 @@ class ApiRoutes:
     def _ensure_api(self) -> FastAPI:
         if self._api is None:
             settings = get_settings()
-            api = self.api_factory(DataPlane(self.app))
+            api = self.api_factory(DataPlane())
             self._guards = [
                 (
                     ADMIN_PREFIXES,
@@ -231,6 +122,31 @@ class ApiRoutes:
         await guard({**scope, ALSO_ALLOWED: also}, receive, send)
 
     async def _docs(self, scope: Scope, send: Send) -> None:
-        answer = await call(self.app, scope, "GET", DOCS_ROUTE)
-        spec = merged_openapi(json.loads(answer.body), self._ensure_api())
+        bentoml_spec = json.loads(await _get(self.app, scope, DOCS_ROUTE))
+        spec = merged_openapi(bentoml_spec, self._ensure_api())
         await send_json(send, 200, json.dumps(spec).encode())
+
+
+async def _get(app: ASGIApp, scope: Scope, path: str) -> bytes:
+    """The body `app` answers to a GET of `path`, in-process; `scope` lends the connection."""
+    request: Scope = {
+        **{k: scope.get(k) for k in ("asgi", "http_version", "scheme", "server", "client")},
+        "type": "http",
+        "root_path": "",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [],
+    }
+    chunks: list[bytes] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(request, receive, send)
+    return b"".join(chunks)

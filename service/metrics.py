@@ -66,7 +66,7 @@ class ServiceMetrics:
         )
         self.batch_size = Histogram(
             "inference_batch_size",
-            "Texts per inference batch, after adaptive batching merged requests.",
+            "Texts per inference batch, after batching merged concurrent requests.",
             namespace=NAMESPACE,
             buckets=batch_size_buckets(max_batch_size),
         )
@@ -81,6 +81,20 @@ class ServiceMetrics:
             "Tokens per batch (the model runs on exactly these: nothing is padded).",
             namespace=NAMESPACE,
             buckets=TOKEN_BUCKETS,
+        )
+        # /predict is answered in front of BentoML's app (service.predict_route), so
+        # BentoML's request series do not count it; these do.
+        self.requests = Counter(
+            "predict_requests",
+            "POST /predict requests answered, by HTTP status.",
+            ["status"],
+            namespace=NAMESPACE,
+        )
+        self.request_seconds = Histogram(
+            "predict_request_seconds",
+            "POST /predict from its body read to its answer sent: queueing, scoring and all.",
+            namespace=NAMESPACE,
+            buckets=LATENCY_BUCKETS,
         )
         self.wide_runs = Counter(
             "wide_runs",
@@ -132,6 +146,10 @@ class ServiceMetrics:
         if job.started_at and job.finished_at:
             seconds = (job.finished_at - job.started_at).total_seconds()
             self.retrain_seconds.labels(job.state).observe(seconds)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        self.requests.labels(str(status)).inc()
+        self.request_seconds.observe(seconds)
 
     def observe_batch(
         self,

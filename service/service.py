@@ -2,51 +2,43 @@
 
 A prediction travels through three files:
 
-1. `service.schemas` — the request and answer types BentoML validates against
-   (the middlewares of `service.guards` have already checked type and size);
-2. here — BentoML's adaptive batching merges the `texts` of concurrent
-   requests into one list, `predict` scores it with the model the
-   `ModelHolder` serves right now, and BentoML splits the answers back;
-3. `core.runtime` — `tokenizers` + ONNX Runtime, one text per run.
+1. `service.schemas` — the request and answer types;
+2. `service.predict_route` — POST /predict, answered in front of BentoML's
+   app: body checks, the batches of concurrent requests, and `score_batch`
+   with the model the `ModelHolder` serves right now;
+3. `core.runtime` — `tokenizers` + ONNX Runtime, length-sorted unpadded runs.
 
-Every worker process builds its own `TextClassifier`: its own ORT session with
-THREADS_PER_WORKER threads, its own model poller, its own metric files.
+BentoML runs the workers, builds this class in each (its own ORT session with
+ORT_THREADS threads, its own model poller, its own batcher and metric files),
+and serves the health and metrics endpoints; our routes (admin, protocols) sit
+in its middleware stack. `predict` below declares /predict to BentoML (its
+OpenAPI, /schema.json, its Python clients) and serves in-process callers.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Annotated, cast
+from typing import cast
 
 import bentoml
-from bentoml.validators import ContentType
 
 from service.activity import this_worker_activity
 from service.api import build_api
 from service.balance import ConnectionBalancer
-from service.batching import dispatch_without_learned_wait
-from service.client_errors import log_client_errors_in_one_line
 from service.errors import ErrorBoundary
-from service.guards import ApiRoutes, ModelGate, RequestGuard
+from service.guards import ApiRoutes
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
+from service.predict_route import Batcher, PredictRoute, put_in_front, score_batch
+from service.request_body import RequestGuard
 from service.runner import JobRunner, make_backend
-from service.schemas import PREDICT_ROUTE, Prediction, Texts, predictions
+from service.schemas import PREDICT_ROUTE, Prediction, Texts
 from service.settings import get_settings
 from store import examples, open_store
 from store.jobs import Job
 
 log = logging.getLogger(__name__)
-
-# The media type stated, because BentoML otherwise works it out per response from the
-# answer's JSON schema: 0.55 ms of every request for list[Prediction] (bench/SERVING.md).
-Answers = Annotated[list[Prediction], ContentType("application/json")]
-
 settings = get_settings()
-# Before BentoML builds the app and its batching dispatchers (see service.batching).
-dispatch_without_learned_wait()
-log_client_errors_in_one_line()
 
 
 @bentoml.service(
@@ -59,6 +51,10 @@ class TextClassifier:
     """Classifies texts with the active version of MODEL_NAME, swapping versions live."""
 
     def __init__(self) -> None:
+        # Our loggers speak at BentoML's level (INFO unless --quiet/--debug), not the
+        # root's WARNING: model swaps, jobs and refused requests are worth a line.
+        for name in ("service", "store", "core"):
+            logging.getLogger(name).setLevel(logging.getLogger("bentoml").getEffectiveLevel())
         self.metrics = ServiceMetrics(settings.max_batch_size)
         self.store = open_store(settings.resolved_database_url)
         self.activity = this_worker_activity()
@@ -73,6 +69,7 @@ class TextClassifier:
         )
         self.holder.on_swap(self.metrics.swapped)
         self.holder.start()
+        self.batcher = Batcher(self.score, settings.max_batch_size, settings.max_latency_ms / 1000)
         self.jobs = JobRunner(
             self.store,
             make_backend(settings, wide_activity.path if wide_activity else None),
@@ -105,45 +102,29 @@ class TextClassifier:
     def stop_polling(self) -> None:
         self.holder.stop()
         self.jobs.stop()
+        self.batcher.close()
         if self.activity is not None:
             self.activity.close()
 
-    @bentoml.api(
-        route=PREDICT_ROUTE,
-        batchable=True,
-        max_batch_size=settings.max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-    def predict(self, texts: Texts) -> Answers:
+    def score(self, texts: list[str]) -> list[Prediction]:
+        """One batch, on the batcher's model thread (or the caller's, in-process)."""
+        return score_batch(self.holder, self.metrics, texts)
+
+    @bentoml.api(route=PREDICT_ROUTE)
+    def predict(self, texts: Texts) -> list[Prediction]:
         """Classify each text; one answer per text, in input order."""
-        # Read the reference once: a swap during this batch must not split it
-        # across two models, and `model_version` must name the one that scored it.
-        loaded = self.holder.current()
-        start = time.perf_counter()
-        scored, wide = self.holder.score(loaded, texts)
-        seconds = time.perf_counter() - start
-        version = loaded.version.version
-        answers = predictions(scored, loaded.version.labels, version)
-        self.metrics.observe_batch(
-            version,
-            [a.label for a in answers],
-            [a.score for a in answers],
-            seconds,
-            scored.tokens,
-            wide,
-        )
-        return answers
+        return self.score(texts)
 
 
 # `@bentoml.service` returns a Service, but mypy sees the bare class: the package
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
-# Outermost first: any exception is a prompt JSON 500; the workers' shares of the
-# connections are evened out (service.balance); our routes (admin after auth, the
-# protocols) are answered before the predict guards see them; size and content type
-# are checked before the model gate.
+# In front of BentoML's app, outermost first: the workers' shares of the connections
+# are evened out (service.balance); POST /predict is answered (service.predict_route).
+put_in_front(_service, lambda app: ConnectionBalancer(PredictRoute(app), workers=settings.workers))
+# Inside it, for every other request: any exception is a prompt JSON 500; our routes
+# (admin after auth, the protocols) are answered; what BentoML gets is size-checked.
 _service.add_asgi_middleware(ErrorBoundary)
-_service.add_asgi_middleware(ConnectionBalancer, workers=settings.workers)
 _service.add_asgi_middleware(
     ApiRoutes,
     api_factory=lambda plane: build_api(
@@ -151,4 +132,3 @@ _service.add_asgi_middleware(
     ),
 )
 _service.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
-_service.add_asgi_middleware(ModelGate)

@@ -57,17 +57,20 @@ class Settings(RetrainSettings):
     allow_oversubscription: bool = Field(
         False, description="Allow WORKERS x ORT_THREADS to exceed the cores."
     )
-    max_batch_size: int = Field(64, ge=1, description="Adaptive batching: texts per batch.")
+    max_batch_size: int = Field(64, ge=1, description="Batching: texts per batch at most.")
     max_latency_ms: int = Field(
         5000,
         ge=1,
-        description="Adaptive batching: BentoML sheds a queued request with 503 once its wait "
-        "plus the predicted batch time passes this; keep it above a full batch's time.",
+        description="Batching: a request is shed with 503 when the texts queued ahead of it "
+        "would take longer than this, or once it has waited this long; keep it above a full "
+        "batch's time.",
     )
     max_texts_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(5000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    request_timeout_s: int = Field(30, ge=1)
+    request_timeout_s: int = Field(
+        30, ge=1, description="A request not answered in this long gets a 504."
+    )
     access_log: bool = Field(
         False, description="BentoML's access-log line per request (costs throughput)."
     )

@@ -71,6 +71,6 @@ async def classify(request: Request, body: HFRequest) -> list[list[HFLabel]]:
     """One list of {label, score} per input, best first: what InferenceClient expects."""
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     params = body.parameters or HFParameters()
-    answers = await request.app.state.dataplane.predict(request.scope, texts)
+    answers = await request.app.state.dataplane.predict(texts)
     function = params.function_to_apply or "softmax"
     return [ranked(a, params.top_k, function) for a in answers]

@@ -242,7 +242,7 @@ def build_router(plane: DataPlane) -> APIRouter:
             raise RefusedError(
                 400, f"unknown output(s) {unknown}; this model gives {list(OUTPUTS)}"
             )
-        predictions = await plane.predict(request.scope, texts)
+        predictions = await plane.predict(texts)
         response = InferenceResponse(
             model_name=name,
             model_version=predictions[0].model_version,

@@ -1,17 +1,13 @@
-"""Adaptive batching must never mix up or alter answers."""
+"""Batching over real HTTP must never mix up or alter answers."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from bentoml._internal.marshal import dispatcher
 
-from service.batching import NoWaitOptimizer
 from tests.helpers import Server, mixed_texts, scrape
 
 CROWD = 96
@@ -53,48 +49,3 @@ def test_a_crowd_gets_the_same_answers_as_single_requests(
     # Bit-identical: the served int8 is static, so a text's run mates cannot move its logits,
     # and the wide session's two threads compute what one does.
     assert together == alone
-
-
-def learned_wait_after_a_burst(optimizer: type[dispatcher.Optimizer]) -> float:
-    """BentoML's real CorkDispatcher under 64 clients that call a 20 ms batch function in a loop."""
-    original = dispatcher.Optimizer
-    dispatcher.Optimizer = optimizer
-    try:
-        cork = dispatcher.CorkDispatcher(
-            max_latency_in_ms=10_000,
-            max_batch_size=64,
-            fallback=lambda: None,
-            get_batch_size=lambda _: 1,
-        )
-    finally:
-        dispatcher.Optimizer = original
-
-    async def batch(items: list[int]) -> list[int]:
-        await asyncio.sleep(0.02)
-        return items
-
-    async def client(call: Callable[[int], Awaitable[int | None]], n: int, seed: int) -> None:
-        rng = random.Random(seed)
-        for i in range(n):
-            # Like HTTP clients, callers come back staggered, so a queue forms behind each batch.
-            await asyncio.sleep(rng.uniform(0, 0.02))
-            assert await call(i) == i
-
-    async def bursts() -> None:
-        call = cork(batch)
-        await asyncio.gather(*(client(call, 20, seed) for seed in range(64)))
-        cork.optimizer.trigger_refresh()
-        cork.shutdown()
-
-    asyncio.run(bursts())
-    return float(cork.optimizer.wait)
-
-
-def test_a_burst_leaves_no_learned_wait_behind() -> None:
-    """After a burst BentoML's own optimizer would hold lone requests back; ours does not.
-
-    Also fails if a BentoML upgrade stops building its optimizer from
-    `dispatcher.Optimizer`, which `service.batching` relies on.
-    """
-    assert learned_wait_after_a_burst(dispatcher.Optimizer) > 0.005
-    assert learned_wait_after_a_burst(NoWaitOptimizer) == 0

@@ -49,3 +49,23 @@ def test_active_model_version_is_exported(client: httpx.Client, tiny_version: st
 
     key = f'selftune_model_version_info{{model_name="{name}",version="{version}"}}'
     assert samples[key] == 1.0
+
+
+def test_predict_requests_are_counted_by_status_whoever_answered_them(
+    client: httpx.Client,
+) -> None:
+    """/predict is answered in front of BentoML, whose request series never see it."""
+    before = scrape(client)
+
+    assert client.post("/predict", json={"texts": ["fine"]}).status_code == 200
+    assert client.post("/predict", json={"texts": []}).status_code == 400
+    assert (
+        client.post("/predict", content=b"hi", headers={"content-type": "text/plain"}).status_code
+        == 415
+    )
+    after = scrape(client)
+
+    for status in ("200", "400", "415"):
+        assert delta(before, after, f'selftune_predict_requests_total{{status="{status}"}}') == 1
+    assert delta(before, after, "selftune_predict_request_seconds_count") == 3
+    assert delta(before, after, "selftune_predict_request_seconds_sum") > 0

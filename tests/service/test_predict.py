@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, mixed_texts
+from tests.helpers import mixed_texts
 
 
 def test_one_text_gets_one_answer_with_label_scores_and_version(
@@ -78,15 +75,3 @@ def test_openapi_document_describes_predict(client: httpx.Client) -> None:
 
     assert "/predict" in spec["paths"]
     assert "post" in spec["paths"]["/predict"]
-
-
-def test_the_answer_states_its_media_type_so_bentoml_builds_no_schema_per_response() -> None:
-    # Without a stated media type BentoML builds list[Prediction]'s JSON schema for every
-    # response (0.55 ms). In a child process: importing the service patches BentoML's
-    # dispatcher, which tests/service/test_batching.py checks unpatched.
-    probe = "from service.service import TextClassifier as T; "
-    probe += "print(T.apis['predict'].output_spec.media_type)"  # None: found per response
-    out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "application/json"

@@ -71,10 +71,9 @@ def test_docs_describe_every_route_with_its_security_and_errors(admin_server: Se
     patch = spec["paths"]["/examples/{example_id}"]["patch"]
     assert patch["security"] == [{"adminToken": []}]
     assert {"401", "404", "409", "422", "500"} <= set(patch["responses"])
-    predict_400 = spec["paths"]["/predict"]["post"]["responses"]["400"]
-    assert predict_400["content"]["application/json"]["schema"]["$ref"].endswith(
-        "BentoMLValidationError"
-    )
+    predict = spec["paths"]["/predict"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "500", "503", "504"} <= set(predict)
+    assert predict["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
 
 
 def test_schemathesis_finds_nothing_against_the_documented_api(
@@ -154,8 +153,14 @@ async def _burst(url: str, n: int) -> list[httpx.Response]:
 def test_a_shed_request_is_a_json_503_and_one_log_line(
     tmp_path_factory: pytest.TempPathFactory, tiny_version: str, bentoml_home: Path
 ) -> None:
+    """Also: with ACCESS_LOG on, /predict (answered in front of BentoML) has its line too."""
     with _server(
-        tmp_path_factory, tiny_version, bentoml_home, MAX_LATENCY_MS="1", WORKERS="1"
+        tmp_path_factory,
+        tiny_version,
+        bentoml_home,
+        MAX_LATENCY_MS="1",
+        WORKERS="1",
+        ACCESS_LOG="true",
     ) as server:
         shed: list[httpx.Response] = []
         for _ in range(10):
@@ -166,5 +171,7 @@ def test_a_shed_request_is_a_json_503_and_one_log_line(
         assert "overloaded" in shed[0].json()["error"]
         time.sleep(1)  # the worker writes its log lines asynchronously
         log = server.log.read_text()
-        assert ": shed, " in log
+        assert log.count(": shed, ") == len(shed)  # one line per shed request
         assert "Traceback" not in log
+        assert re.search(r"method=POST,path=/predict\S*\) \(status=503", log), log[-3000:]
+        assert re.search(r"method=POST,path=/predict\S*\) \(status=200", log)
