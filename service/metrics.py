@@ -8,7 +8,8 @@ merged view with no registration of our own; `ServiceMetrics` must only be
 built in a worker (the service's `__init__`), never at import time in the
 process that merely loads the service definition.
 
-What a person can act on (docs/DESIGN.md #12): which version is live, what it
+What a person can act on (docs/DESIGN.md #12): requests by route and status
+and their latency (`RequestMetrics`), which version is live, what it
 predicts and how sure it is, what batching costs, and how
 retraining goes (jobs by outcome, their duration, examples stored, the
 evaluation macro-F1 of the version being served).
@@ -17,11 +18,15 @@ evaluation macro-F1 of the version being served).
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Sequence
 
+import bentoml
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.model_holder import LoadedModel
+from service.schemas import PREDICT_ROUTE
 from store.jobs import Job
 
 NAMESPACE = "selftune"
@@ -29,6 +34,11 @@ CONFIDENCE_BUCKETS = (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
 JOB_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+# The `route` label: these paths as they are, others by prefix, the rest "other".
+FAMILIES = frozenset(
+    {PREDICT_ROUTE, "/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json"}
+)
+PREFIX_FAMILIES = ("/v2", "/examples", "/retrain", "/jobs", "/models")
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -82,17 +92,18 @@ class ServiceMetrics:
             namespace=NAMESPACE,
             buckets=TOKEN_BUCKETS,
         )
-        # /predict is answered in front of BentoML's app (service.predict_route), so
-        # BentoML's request series do not count it; these do.
+        # Our routes are answered in front of BentoML's app (docs/DESIGN.md #4), so
+        # BentoML's request series count only its own; these count every request.
         self.requests = Counter(
-            "predict_requests",
-            "POST /predict requests answered, by HTTP status.",
-            ["status"],
+            "http_requests",
+            "HTTP requests answered, by route family (see route_family) and status.",
+            ["route", "status"],
             namespace=NAMESPACE,
         )
         self.request_seconds = Histogram(
-            "predict_request_seconds",
-            "POST /predict from its body read to its answer sent: queueing, scoring and all.",
+            "http_request_seconds",
+            "From a request's arrival to its answer's start: queueing and scoring included.",
+            ["route"],
             namespace=NAMESPACE,
             buckets=LATENCY_BUCKETS,
         )
@@ -147,9 +158,9 @@ class ServiceMetrics:
             seconds = (job.finished_at - job.started_at).total_seconds()
             self.retrain_seconds.labels(job.state).observe(seconds)
 
-    def observe_request(self, status: int, seconds: float) -> None:
-        self.requests.labels(str(status)).inc()
-        self.request_seconds.observe(seconds)
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
 
     def observe_batch(
         self,
@@ -170,3 +181,42 @@ class ServiceMetrics:
             self.predictions.labels(label, version).inc(count)
         for confidence in confidences:
             self.confidence.observe(confidence)
+
+
+def route_family(path: str) -> str:
+    """A request's path as a label of bounded cardinality: the route, or its prefix."""
+    if path in FAMILIES:
+        return path
+    for prefix in PREFIX_FAMILIES:
+        if path.startswith(prefix):
+            return prefix
+    return "other"
+
+
+class RequestMetrics:
+    """ASGI: count every HTTP request by route family and status, and time it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless an answer starts: the app raised, or the client went away
+        answered = 0.0
+
+        async def counted(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status, answered = message["status"], time.perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            metrics: ServiceMetrics | None = getattr(bentoml.get_current_service(), "metrics", None)
+            if metrics is not None:
+                seconds = (answered or time.perf_counter()) - start
+                metrics.observe_request(route_family(scope["path"]), status, seconds)

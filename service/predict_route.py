@@ -5,9 +5,9 @@ batch dispatcher and thread hop) spent 1.3-1.6 ms of event-loop CPU per
 request against ~3.3 ms of ONNX Runtime per text, which held single-text
 serving at ~0.7 of the model's in-process rate on 2 cores; answered here it
 costs a fraction of that (docs/DESIGN.md #4, bench/SERVING.md). BentoML still
-runs the workers, their start-up and shutdown, the health and metrics
-endpoints and every other route: `PredictRoute` wraps its app and passes on
-everything but `POST /predict`.
+runs the workers, their start-up and shutdown, and its own routes (health,
+metrics, its index page); `PredictRoute` passes everything but `POST /predict`
+on to our other routes and BentoML's app behind them (`service.service`).
 
 Batching is continuous: a request joins its worker's queue, and the model
 thread takes every queued text (up to MAX_BATCH_SIZE) whenever it is free, so
@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bentoml
-from bentoml._internal.server.http.access import AccessLogMiddleware
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import (
     RefusedError,
@@ -253,28 +252,13 @@ class PredictRoute:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        settings = get_settings()
-        self.guarded: ASGIApp = RequestGuard(self._predict, settings.max_body_bytes)
-        if settings.access_log:  # BentoML's own line, which its stack no longer writes for us
-            self.guarded = AccessLogMiddleware(self.guarded)
+        self.guarded = RequestGuard(self._predict, get_settings().max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PREDICT_ROUTE or scope["method"] != "POST":
+        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE and scope["method"] == "POST":
+            await self.guarded(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.guarded(scope, receive, counted)
-        metrics: ServiceMetrics | None = getattr(bentoml.get_current_service(), "metrics", None)
-        if metrics is not None:
-            metrics.observe_request(status, time.perf_counter() - start)
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()  # RequestGuard replays the whole body in one message

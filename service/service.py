@@ -10,8 +10,8 @@ A prediction travels through three files:
 
 BentoML runs the workers, builds this class in each (its own ORT session with
 ORT_THREADS threads, its own model poller, its own batcher and metric files),
-and serves the health and metrics endpoints; our routes (admin, protocols) sit
-in its middleware stack. `predict` below declares /predict to BentoML (its
+and serves the health and metrics endpoints; every other route is ours, answered
+in front of its app (`in_front_of_bentoml`). `predict` below declares /predict to BentoML (its
 OpenAPI, /schema.json, its Python clients) and serves in-process callers.
 """
 
@@ -21,13 +21,15 @@ import logging
 from typing import cast
 
 import bentoml
+from bentoml._internal.server.http.access import AccessLogMiddleware
+from starlette.types import ASGIApp
 
 from service.activity import this_worker_activity
 from service.api import build_api
 from service.balance import ConnectionBalancer
 from service.errors import ErrorBoundary
 from service.guards import ApiRoutes
-from service.metrics import ServiceMetrics
+from service.metrics import RequestMetrics, ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
 from service.predict_route import Batcher, PredictRoute, put_in_front, score_batch
 from service.request_body import RequestGuard
@@ -45,7 +47,7 @@ settings = get_settings()
     workers=settings.workers,
     traffic={"timeout": settings.request_timeout_s},
     http={"host": settings.host, "port": settings.port},
-    logging={"access": {"enabled": settings.access_log}},
+    logging={"access": {"enabled": False}},  # ours covers every route: in_front_of_bentoml
 )
 class TextClassifier:
     """Classifies texts with the active version of MODEL_NAME, swapping versions live."""
@@ -119,16 +121,26 @@ class TextClassifier:
 # `@bentoml.service` returns a Service, but mypy sees the bare class: the package
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
-# In front of BentoML's app, outermost first: the workers' shares of the connections
-# are evened out (service.balance); POST /predict is answered (service.predict_route).
-put_in_front(_service, lambda app: ConnectionBalancer(PredictRoute(app), workers=settings.workers))
-# Inside it, for every other request: any exception is a prompt JSON 500; our routes
-# (admin after auth, the protocols) are answered; what BentoML gets is size-checked.
-_service.add_asgi_middleware(ErrorBoundary)
-_service.add_asgi_middleware(
-    ApiRoutes,
-    api_factory=lambda plane: build_api(
-        open_store(settings.resolved_database_url), settings, plane
-    ),
-)
-_service.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+
+
+def in_front_of_bentoml(app: ASGIApp) -> ASGIApp:
+    """Our layers around BentoML's app, which then answers only its own routes.
+
+    Outermost first: the access log (ACCESS_LOG), the workers' shares of the
+    connections evened out (service.balance), every request counted, POST /predict
+    answered (service.predict_route); then any exception is a prompt JSON 500, our
+    routes are answered (admin after auth, the protocols), and what BentoML gets is
+    size-checked. In front, none of them pays BentoML's middlewares (docs/DESIGN.md #4).
+    """
+    api = ApiRoutes(
+        RequestGuard(app, max_body_bytes=settings.max_body_bytes),
+        api_factory=lambda plane: build_api(
+            open_store(settings.resolved_database_url), settings, plane
+        ),
+    )
+    stack: ASGIApp = RequestMetrics(PredictRoute(ErrorBoundary(api)))
+    stack = ConnectionBalancer(stack, workers=settings.workers)
+    return AccessLogMiddleware(stack) if settings.access_log else stack
+
+
+put_in_front(_service, in_front_of_bentoml)

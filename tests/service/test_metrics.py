@@ -51,21 +51,29 @@ def test_active_model_version_is_exported(client: httpx.Client, tiny_version: st
     assert samples[key] == 1.0
 
 
-def test_predict_requests_are_counted_by_status_whoever_answered_them(
-    client: httpx.Client,
-) -> None:
-    """/predict is answered in front of BentoML, whose request series never see it."""
+def test_every_request_is_counted_by_route_and_status(client: httpx.Client) -> None:
+    """Our routes are answered in front of BentoML, whose request series never see them."""
     before = scrape(client)
 
     assert client.post("/predict", json={"texts": ["fine"]}).status_code == 200
     assert client.post("/predict", json={"texts": []}).status_code == 400
-    assert (
-        client.post("/predict", content=b"hi", headers={"content-type": "text/plain"}).status_code
-        == 415
-    )
+    refused = client.post("/predict", content=b"hi", headers={"content-type": "text/plain"})
+    assert refused.status_code == 415
+    assert client.post("/", json={"inputs": "fine"}).status_code == 200
+    assert client.get("/v2/models/nope").status_code == 404
+    assert client.get("/readyz").status_code == 200
     after = scrape(client)
 
-    for status in ("200", "400", "415"):
-        assert delta(before, after, f'selftune_predict_requests_total{{status="{status}"}}') == 1
-    assert delta(before, after, "selftune_predict_request_seconds_count") == 3
-    assert delta(before, after, "selftune_predict_request_seconds_sum") > 0
+    for route, status in [
+        ("/predict", "200"),
+        ("/predict", "400"),
+        ("/predict", "415"),
+        ("/", "200"),
+        ("/v2", "404"),
+        ("/readyz", "200"),
+    ]:
+        name = f'selftune_http_requests_total{{route="{route}",status="{status}"}}'
+        assert delta(before, after, name) == 1, name
+    name = 'selftune_http_request_seconds_count{route="/predict"}'
+    assert delta(before, after, name) == 3
+    assert delta(before, after, 'selftune_http_request_seconds_sum{route="/predict"}') > 0

@@ -137,7 +137,7 @@ def test_a_handler_that_raises_answers_500_at_once_with_the_logged_request_id(
             time.sleep(0.1)
         log = server.log.read_text()
         assert log.count(f"request_id={request_id[1]}") == 1
-        assert log.count("failed (trace=") == 1  # one record, not one per layer
+        assert log.count("DELETE /examples/1 failed") == 1  # one record, not one per layer
         assert "Exception in ASGI application" not in log
         assert "no such table: deleted_examples" in log
         with httpx.Client(base_url=server.url, headers=AUTH) as client:  # nothing was lost
