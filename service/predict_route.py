@@ -229,7 +229,8 @@ async def classify(texts: Sequence[str]) -> list[Prediction]:
 async def _submit(texts: list[str]) -> list[Prediction]:
     service = bentoml.get_current_service()
     batcher: Batcher | None = getattr(service, "batcher", None)
-    if batcher is None or served_model() is None:
+    holder: ModelHolder | None = getattr(service, "holder", None)
+    if batcher is None or holder is None or not holder.ready:
         raise RefusedError(503, no_model_message())
     timeout = get_settings().request_timeout_s
     try:
@@ -248,7 +249,8 @@ def _invalid(exc: ValidationError) -> RefusedError:
 
 
 class PredictRoute:
-    """ASGI: answer `POST /predict` here, pass everything else on to `app` (BentoML's)."""
+    """ASGI: answer `POST /predict` here, pass everything else on to `app` (our other
+    routes, then BentoML's app)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -292,7 +294,7 @@ def put_in_front(service: bentoml.Service[Any], wrap: Callable[[ASGIApp], ASGIAp
 
     A worker builds its app with `Service.to_asgi`, the method BentoML also
     offers for mounting a service elsewhere; `bentoml` is pinned exactly, and
-    every /predict test fails if this stops taking effect.
+    the batching and request-metric tests over HTTP fail if this stops taking effect.
     """
     cls = type(service)
     bentoml_app = cls.to_asgi
