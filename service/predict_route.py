@@ -87,7 +87,7 @@ class Batcher:
         self._queue: deque[_Waiting] = deque()
         self._queued_texts = 0
         self._running_texts = 0
-        self._draining = False
+        self._drainer: asyncio.Task[None] | None = None  # running while the queue has work
         self._seconds_per_text = 0.0  # 0: unknown until the first batch ran
 
     async def submit(self, texts: list[str]) -> list[Prediction]:
@@ -95,12 +95,12 @@ class Batcher:
         ahead = self._queued_texts + self._running_texts + len(texts)
         if ahead * self._seconds_per_text > self._max_latency_s:
             raise OverloadedError
-        waiting = _Waiting(texts, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(texts, loop.create_future())
         self._queue.append(waiting)
         self._queued_texts += len(texts)
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
         return await waiting.answer
 
     def _next_batch(self) -> list[_Waiting]:
@@ -124,24 +124,21 @@ class Batcher:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while batch := self._next_batch():
-                texts = [text for waiting in batch for text in waiting.texts]
-                self._running_texts = len(texts)
-                start = time.perf_counter()
-                answers: list[Prediction] = []
-                failure: Exception | None = None
-                try:
-                    answers = await loop.run_in_executor(self._thread, self._score, texts)
-                except Exception as exc:  # every request of the batch gets it
-                    failure = exc
-                else:
-                    self._learn((time.perf_counter() - start) / len(texts))
-                finally:
-                    self._running_texts = 0
-                _settle(batch, answers, failure)
-        finally:
-            self._draining = False
+        while batch := self._next_batch():
+            texts = [text for waiting in batch for text in waiting.texts]
+            self._running_texts = len(texts)
+            start = time.perf_counter()
+            answers: list[Prediction] = []
+            failure: Exception | None = None
+            try:
+                answers = await loop.run_in_executor(self._thread, self._score, texts)
+            except Exception as exc:  # every request of the batch gets it
+                failure = exc
+            else:
+                self._learn((time.perf_counter() - start) / len(texts))
+            finally:
+                self._running_texts = 0
+            _settle(batch, answers, failure)
 
     def _learn(self, cost: float) -> None:
         if self._seconds_per_text == 0.0:
@@ -226,6 +223,14 @@ async def classify(texts: Sequence[str]) -> list[Prediction]:
     return await _submit(checked)
 
 
+def _parse(body: bytes) -> list[str]:
+    """The texts of a /predict body, or a RefusedError (400) naming each problem."""
+    try:
+        return PredictRequest.model_validate_json(body).texts
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
 async def _submit(texts: list[str]) -> list[Prediction]:
     service = bentoml.get_current_service()
     batcher: Batcher | None = getattr(service, "batcher", None)
@@ -234,7 +239,8 @@ async def _submit(texts: list[str]) -> list[Prediction]:
         raise RefusedError(503, no_model_message())
     timeout = get_settings().request_timeout_s
     try:
-        return await asyncio.wait_for(batcher.submit(texts), timeout)
+        async with asyncio.timeout(timeout):  # no task per request, unlike wait_for
+            return await batcher.submit(texts)
     except OverloadedError:
         raise RefusedError(503, OVERLOADED) from None
     except TimeoutError:
@@ -265,11 +271,8 @@ class PredictRoute:
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()  # RequestGuard replays the whole body in one message
         try:
-            try:
-                request = PredictRequest.model_validate_json(message.get("body", b""))
-            except ValidationError as exc:
-                raise _invalid(exc) from None
-            status, body = 200, _ANSWERS.dump_json(await _submit(request.texts))
+            texts = _parse(message.get("body", b""))
+            status, body = 200, _ANSWERS.dump_json(await _submit(texts))
         except RefusedError as refused:
             _log_refusal(refused)
             status = refused.status
