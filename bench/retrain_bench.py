@@ -400,7 +400,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     env = {k: os.environ[k] for k in RETRAIN_ENV if k in os.environ}
-    shifts = load_shifts(args.topics)
+    shifts = load_shifts()
     results: dict[str, Any] = {"command": " ".join(sys.argv), "cpu": cpu_info(), "env": env,
                                "store": len(shifts.store), "rest_eval": len(shifts.rest_eval),
                                "topics": {n: {"pool": len(t.pool), "eval": len(t.eval)}

@@ -148,7 +148,7 @@ def main() -> None:
     if "BENTOML_HOME" not in os.environ or "STATE_DIR" not in os.environ:
         sys.exit("set BENTOML_HOME and STATE_DIR: the setup version and its store live there")
     OUT.mkdir(exist_ok=True)
-    shifts = load_shifts(args.topics)
+    shifts = load_shifts()
     settings = RetrainSettings(model_name="screen", retrain_threads=args.threads)
     active = setup(shifts, settings, args.setup_epochs)
     store = open_store(settings.resolved_database_url)

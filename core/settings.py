@@ -79,6 +79,13 @@ class RetrainSettings(StateSettings):
     incremental_epochs: float = Field(
         2.0, gt=0, le=20, description="Incremental: passes over new + replayed examples."
     )
+    incremental_average: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Incremental: keep this share of what training moved the active version's "
+        "weights (WiSE-FT weight averaging); 1 keeps the fine-tuned weights.",
+    )
     refit_epochs: float = Field(
         1.0, gt=0, le=20, description="Refit: passes over all training examples (early-stopped)."
     )

@@ -38,7 +38,7 @@ DEFAULT_SEED = 42  # TrainConfig's: a job without one replays and trains the sam
 # What describes the active version's own run rather than how to train: not inherited.
 NOT_INHERITED = (
     "data", "eval_data", "dev_data", "init_from", "name", "split", "parent", "threads",
-    "base_model", "epochs", "text_column", "label_column",
+    "base_model", "epochs", "text_column", "label_column", "average",
 )  # fmt: skip
 
 
@@ -89,6 +89,7 @@ def build_config(
     }
     if incremental:
         run["evals_per_epoch"] = 1  # only to keep the best epoch: evaluations cost steps
+        run["average"] = settings.incremental_average
     return TrainConfig(**recipe | run | job.params.get("training", {}))
 
 
