@@ -27,12 +27,12 @@ TOPIC_EVAL = 400
 REST_WITHHELD = 2000
 
 TOPICS = {
+    # The model knows next to nothing of these (a festival, a company and its products):
     "coachella": r"coachella",
     "apple": r"@apple\b|#aapl\b|#apple\b|\bapple\b|\biphone|\bipad\b|\bmacbook|\bitunes\b",
-    "selfdriving": r"self[- ]?driving|driverless|autonomous|robot ?car",
-    "allergy": r"claritin|zyrtec|allegra|benadryl|allerg",
-    # Airlines the model half-knows: the other carriers' tweets stay in the store.
-    "airline-b": r"@(jetblue|southwestair|virginamerica)(?!\w)",
+    # Airlines it half-knows: the other carriers' tweets stay in the store.
+    "usairways": r"@usairways(?!\w)",
+    "americanair": r"@americanair(?!\w)",
 }
 
 Row = tuple[str, str]  # text, label
