@@ -1,11 +1,12 @@
 """Do the new labels look like labels? The active model's view of rows it never trained on.
 
 The statistic is the *support* the active model gives a row's label: the
-probability of that label minus the average probability of each other label
-(1 - 1/K at best, -1/(K-1) at worst, 0 for a model that knows nothing). Its
-mean over the new rows is above zero for right labels wherever the model knows
-anything of the topic, and below zero for wrong ones, because a wrong label
-takes the place of the one the model leans to. So the gate asks the sign, with
+probability of that label minus the average probability of each other label,
+less what the same text would give a label drawn from the batch's own label mix
+(so 0 for a model that ignores the text, even one that always leans one way).
+Its mean over the new rows is above zero for right labels wherever the model
+knows anything of the topic, and below zero for wrong ones, because a wrong
+label takes the place of the one the model leans to. So the gate asks the sign, with
 a confidence bound, and needs no threshold tuned on a topic. (Comparing how
 often the model disagrees with the new labels against how often it is wrong
 on old ones cannot tell a topic it does not know from wrong labels: measured,
@@ -96,10 +97,18 @@ class LabelNoise:
 
 
 def support(probabilities: Floats, given: npt.NDArray[np.int64]) -> Floats:
-    """Per row: p(given label) minus the mean probability of the other labels."""
-    own = probabilities[np.arange(len(given)), given]
-    others = (1.0 - own) / (probabilities.shape[1] - 1)
-    return np.asarray(own - others, dtype=np.float64)
+    """Per row: how much more the model backs its label than the batch's labels on average.
+
+    A label's backing is its probability minus the mean probability of the other
+    labels; from it is taken the backing the row's text would get for a label drawn
+    from the batch's own label mix. A model that ignores the text (one fixed
+    guess, however lopsided) then scores 0 on any batch, right or wrong.
+    """
+    k = probabilities.shape[1]
+    backing = probabilities - (1.0 - probabilities) / (k - 1)
+    mix = np.bincount(given, minlength=k) / len(given)
+    own = backing[np.arange(len(given)), given]
+    return np.asarray(own - backing @ mix, dtype=np.float64)
 
 
 def label_noise(
@@ -141,10 +150,9 @@ def label_noise(
                 round(float(confidence[i]), 4))
         for i in order[:MAX_LISTED]
     ]  # fmt: skip
-    values = support(probs, given)
     return LabelNoise(
-        new=Support.of(values[:n]),
-        reference=Support.of(values[n:]),
+        new=Support.of(support(probs[:n], given[:n])),
+        reference=Support.of(support(probs[n:], given[n:]) if ref else np.zeros(0)),
         flagged=int(issues[:n].sum()),
         reference_flagged=int(issues[n:].sum()),
         suspects=suspects,

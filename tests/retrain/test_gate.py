@@ -134,10 +134,13 @@ def test_labels_the_model_cannot_judge_need_the_candidate_to_have_learned_them()
     assert "label more examples of this kind" in decision.message
 
 
-def test_support_is_the_given_labels_probability_over_the_others_mean() -> None:
-    probabilities = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.1, 0.8]])
-    values = support(probabilities, np.array([0, 1, 0]))
-    assert values == pytest.approx([0.7 - 0.15, 0.0, 0.1 - 0.45])
+def test_support_is_zero_for_a_model_that_ignores_the_text_and_signed_by_the_labels() -> None:
+    lopsided = np.tile([0.2, 0.3, 0.5], (6, 1))  # one fixed guess, whatever the text
+    labels = np.array([0, 0, 0, 1, 2, 0])
+    assert support(lopsided, labels).mean() == pytest.approx(0.0)
+    knowing = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]] * 2)
+    right, wrong = np.array([0, 1, 2] * 2), np.array([1, 2, 0] * 2)
+    assert support(knowing, right).mean() > 0 > support(knowing, wrong).mean()
 
 
 def test_without_new_data_only_a_better_candidate_is_promoted() -> None:
