@@ -59,7 +59,7 @@ def test_a_first_release_database_migrates_in_place_with_nothing_lost(
         added = examples.add(tx, [NewExample("a new text", "neg")], "tool")
     assert added.revision == 2 and added.total == 51
     with store.transaction() as tx:  # the newest id, deleted, is not handed out again
-        assert examples.delete_where(tx, example_id=51, reason="typo") == 1
+        assert examples.delete_one(tx, 51, reason="typo")
         examples.add(tx, [NewExample("another new text", "neg")], "tool")
         assert [e.id for e in examples.page(tx, after_id=50)] == [52]
     Store(database_url)  # opening again is a no-op

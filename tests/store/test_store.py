@@ -13,6 +13,7 @@ from sqlalchemy import select
 from store import Store, examples, jobs, versions
 from store.examples import ConflictError, DeletedExampleRow, NewExample
 from store.jobs import JobState
+from store.revert import revert
 from store.versions import ActiveChangedError
 
 
@@ -54,15 +55,17 @@ def test_every_change_moves_the_revision_and_stamps_what_it_touched(store: Store
         relabeled = examples.relabel(tx, 2, "x", "api")
     assert relabeled is not None and relabeled.revision == 2 and relabeled.label == "x"
     with store.transaction() as tx:
-        assert examples.delete_where(tx, example_id=3, reason="typo") == 1
+        assert examples.delete_one(tx, 3, reason="typo")
         snap = examples.snapshot(tx)
     assert snap.revision == 3
     assert [(r.id, r.label, r.revision) for r in snap.rows] == [(1, "x", 1), (2, "x", 2)]
     with store.transaction() as tx:
-        assert examples.delete_where(tx, source="batch", reason="bad batch") == 2
-        assert examples.count(tx) == 0
+        reverted = revert(tx, "batch", reason="bad batch")
+        assert examples.count(tx) == 1  # row 2's label is the api's now: kept
         deleted = tx.scalars(select(DeletedExampleRow.id)).all()
-    assert sorted(deleted) == [1, 2, 3]  # kept for audit
+    assert (reverted.deleted, reverted.revision) == (1, 4)
+    assert [k.id for k in reverted.kept] == [2]
+    assert sorted(deleted) == [1, 3]  # kept for audit
 
 
 def test_examples_page_by_cursor_and_filter(store: Store) -> None:
@@ -163,11 +166,11 @@ def test_an_id_is_never_handed_out_again_after_its_example_is_deleted(store: Sto
     add(store, [("first", "pos"), ("second", "neg")])
     with store.transaction() as tx:
         newest = max(r.id for r in examples.page(tx, after_id=0, limit=10))
-        assert examples.delete_where(tx, example_id=newest, reason="typo") == 1
+        assert examples.delete_one(tx, newest, reason="typo")
     add(store, [("third", "pos")])
     with store.transaction() as tx:
         [third] = examples.page(tx, after_id=newest, limit=10)
         assert third.text == "third" and third.id > newest
-        assert examples.delete_where(tx, example_id=third.id, reason="typo") == 1
+        assert examples.delete_one(tx, third.id, reason="typo")
         audited = tx.scalars(select(DeletedExampleRow.text)).all()
     assert sorted(audited) == ["second", "third"]
