@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from store import Store, examples, jobs, versions
-from store.examples import ConflictError, DeletedExampleRow, NewExample
+from store.examples import ConflictError, DeletedExampleRow, InvalidExamplesError, NewExample
 from store.jobs import JobState
 from store.revert import revert
 from store.versions import ActiveChangedError
@@ -174,3 +174,46 @@ def test_an_id_is_never_handed_out_again_after_its_example_is_deleted(store: Sto
         assert examples.delete_one(tx, third.id, reason="typo")
         audited = tx.scalars(select(DeletedExampleRow.text)).all()
     assert sorted(audited) == ["second", "third"]
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "source", "where", "why"),
+    [
+        ("nul\x00inside", "pos", "tool", "examples[0].text", "U+0000"),
+        ("fine", "p\x00s", "tool", "examples[0].label", "U+0000"),
+        ("fine", "pos", "to\x00l", "source", "U+0000"),
+        ("lone \ud800 surrogate", "pos", "tool", "examples[0].text", "surrogate U+D800"),
+        ("fine", "\u200b", "tool", "examples[0].label", "no visible character"),
+        ("fine", "\u200b\u00a0\ufe0f", "tool", "examples[0].label", "no visible character"),
+        ("fine", "pos", "\u2060", "source", "no visible character"),
+        ("fine", " pos", "tool", "examples[0].label", "not stripped"),
+    ],
+)
+def test_text_either_backend_cannot_store_is_refused_on_both_naming_the_row(
+    store: Store, text: str, label: str, source: str, where: str, why: str
+) -> None:
+    """One rule: SQLite would store NUL where PostgreSQL fails the whole batch with no row."""
+    with pytest.raises(InvalidExamplesError) as refused:
+        add(store, [("a good row", "pos"), (text, label)][::-1], source)
+    assert [loc for loc, _ in refused.value.problems] == [where]
+    assert why in refused.value.problems[0][1]
+    with store.transaction() as tx:
+        assert examples.count(tx) == 0
+    add(store, [("a good row", "pos")], "tool")
+    with (
+        pytest.raises(InvalidExamplesError, match="label: has no visible"),
+        store.transaction() as tx,
+    ):
+        examples.relabel(tx, 1, "\u200b", "tool")
+
+
+@pytest.mark.parametrize("offset", ["+05:00", "Z", "-08:00"])
+def test_since_is_compared_in_utc_whatever_offset_is_sent(store: Store, offset: str) -> None:
+    add(store, [("stored just now", "pos")])
+    hours = {"+05:00": 5, "Z": 0, "-08:00": -8}[offset]
+    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    local = ten_minutes_ago.astimezone(timezone(timedelta(hours=hours)))
+    in_ten_minutes = local + timedelta(minutes=20)
+    with store.transaction() as tx:
+        assert [e.text for e in examples.page(tx, since=local)] == ["stored just now"]
+        assert examples.page(tx, since=in_ten_minutes) == []
