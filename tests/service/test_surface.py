@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import AUTH, TOKEN, Server, bentoml_serve, wait_until
+from tests.helpers import AUTH, TOKEN, Server, serve_copy
 
 ADMIN_PATHS = {
     "/examples",
@@ -39,19 +38,7 @@ PROTOCOL_PATHS = {"/", "/v2", "/v2/models/{name}", "/v2/models/{name}/infer"}
 def _server(
     tmp_path_factory: pytest.TempPathFactory, tiny_version: str, bentoml_home: Path, **env: str
 ) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("surface")
-    name = tiny_version.split(":")[0]
-    shutil.copytree(bentoml_home / "models" / name, root / "home" / "models" / name)
-    extra = {
-        "BENTOML_HOME": str(root / "home"),
-        "STATE_DIR": str(root / "state"),
-        "ADMIN_TOKEN": TOKEN,
-        "MAX_BODY_BYTES": "1048576",  # schemathesis' valid bodies can pass the tests' 16 KiB
-        "RETRAIN_TIMEOUT_S": "10",  # the jobs it queues end quickly
-        **env,
-    }
-    with bentoml_serve(name, root / "bentoml.log", extra) as running:
-        wait_until(f"{running.url}/readyz", 200)
+    with serve_copy(tmp_path_factory.mktemp("surface"), tiny_version, bentoml_home, env) as running:
         yield running
 
 
