@@ -6,8 +6,6 @@ stored example is always one training can use.
 
 from __future__ import annotations
 
-import functools
-import sys
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -19,7 +17,6 @@ from core.text import (
     clean_label,
     clean_name,
     clean_text,
-    is_visible,
 )
 from service.schemas import NOT_A_BOOL
 from service.settings import get_settings
@@ -30,10 +27,11 @@ _settings = get_settings()
 
 # The documented `pattern`s admit exactly what `core.text` accepts, which enforces them with a
 # message that says what is wrong. Whitespace is spelled out (JSON Schema's \s is ECMA's, which
-# keeps U+001C); U+0000 and lone surrogates are refused anywhere (no database stores them).
+# keeps U+001C); U+0000 is refused anywhere (PostgreSQL cannot store it). Lone surrogates,
+# which no database stores either, are no Unicode string, so no pattern can name them (Rust's
+# regex, behind schemathesis, refuses to); pydantic refuses them before `core.text` does.
 _STRIPPED = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
-_UNSTORABLE = "\\u0000\\ud800-\\udfff"
-_STORABLE_RUN = f"[^{_UNSTORABLE}]*"
+_STORABLE_RUN = "[^\\u0000]*"
 STORABLE = f"^{_STORABLE_RUN}$"
 
 
@@ -42,49 +40,27 @@ def _with_one(char_class: str) -> str:
     return f"^{_STORABLE_RUN}{char_class}{_STORABLE_RUN}$"
 
 
-def _escape(code: int) -> str:
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-@functools.cache
-def _visible_class() -> str:
-    """`core.text.is_visible`'s characters as a regex class (~750 ranges, built once)."""
-    ranges: list[str] = []
-    start: int | None = None
-    for code in range(sys.maxunicode + 2):
-        visible = code <= sys.maxunicode and is_visible(chr(code))
-        if visible and start is None:
-            start = code
-        elif not visible and start is not None:
-            end = code - 1
-            ranges.append(_escape(start) + (f"-{_escape(end)}" if end > start else ""))
-            start = None
-    return f"[{''.join(ranges)}]"
-
-
-def _name_pattern(schema: dict[str, Any]) -> None:
-    """Built when the OpenAPI document is, not at import: the class takes ~0.4 s to list."""
-    schema["pattern"] = _with_one(_visible_class())
-
+# `core.text.VISIBLE_CATEGORIES`: a letter, number, punctuation mark or symbol.
+NAME = _with_one("[\\p{L}\\p{N}\\p{P}\\p{S}]")
 
 ExampleText = Annotated[
     str,
     StringConstraints(max_length=_settings.max_text_chars),
     AfterValidator(clean_text),
-    Field(json_schema_extra={"pattern": _with_one(f"[^{_STRIPPED}{_UNSTORABLE}]")}),
+    Field(json_schema_extra={"pattern": _with_one(f"[^{_STRIPPED}\\u0000]")}),
 ]
 # A label or a source: a name a person reads (`core.text.clean_name`).
 Label = Annotated[
     str,
     StringConstraints(max_length=MAX_LABEL_CHARS),
     AfterValidator(clean_label),
-    Field(json_schema_extra=_name_pattern),
+    Field(json_schema_extra={"pattern": NAME}),
 ]
 Source = Annotated[
     str,
     StringConstraints(max_length=MAX_LABEL_CHARS),
     AfterValidator(clean_name),
-    Field(json_schema_extra=_name_pattern),
+    Field(json_schema_extra={"pattern": NAME}),
 ]
 # A query value compared with stored text (label, source, reason): storable, else a 422 on both
 # backends (PostgreSQL refuses U+0000 in a parameter; SQLite would quietly match nothing).
