@@ -14,6 +14,7 @@ route anyone who reaches the port may call.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Scope
 
 from service.errors import ErrorBody
 
+log = logging.getLogger(__name__)
 DOCS_ROUTE = "/docs.json"
 WHY = {
     400: "The request breaks the protocol's rules; the message says which.",
@@ -103,6 +105,7 @@ class OpenApiDocument:
         if self._body is None:
             bentoml_spec = json.loads(await _get(bentoml_app, scope, DOCS_ROUTE))
             self._body = json.dumps(merged_openapi(bentoml_spec, api)).encode()
+            log.info("%s built (%d bytes), kept for this process", DOCS_ROUTE, len(self._body))
         return self._body
 
 

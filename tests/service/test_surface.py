@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import AUTH, TOKEN, Server, serve_copy
+from tests.helpers import AUTH, LIMITS, TOKEN, Server, serve_copy
 
 ADMIN_PATHS = {
     "/examples",
@@ -61,6 +61,17 @@ def test_docs_describe_every_route_with_its_security_and_errors(admin_server: Se
     predict = spec["paths"]["/predict"]["post"]["responses"]
     assert {"200", "400", "413", "415", "500", "503", "504"} <= set(predict)
     assert predict["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
+
+
+def test_the_document_is_built_once_per_worker(admin_server: Server) -> None:
+    """Anyone who reaches the port may call /docs.json: rebuilt per call, ten calls a
+    second filled a worker's event loop."""
+    bodies = {httpx.get(f"{admin_server.url}/docs.json").content for _ in range(20)}
+
+    assert len(bodies) == 1
+    time.sleep(1)  # the workers write their log lines asynchronously
+    built = admin_server.log.read_text().count("/docs.json built")
+    assert 1 <= built <= int(LIMITS["WORKERS"])
 
 
 def test_schemathesis_finds_nothing_against_the_documented_api(
