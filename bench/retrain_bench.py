@@ -1,31 +1,29 @@
-"""Topic-shift retrain benchmark: a model that never saw a topic learns it from N new labels.
+"""Retrain benchmark: do new labels on a topic the model never saw reach serving, on any
+topic, and do wrong labels never?
 
-    .venv/bin/python bench/retrain_bench.py   # 2 topics, N 200 and 1000, 0 and 64 clients
+    .venv/bin/python bench/retrain_bench.py --home /tmp/retrain-bench   # the whole matrix
 
-Topics of tweets-sentiment/train.csv: airline (@united, @AmericanAir, @SouthwestAir,
-@USAirways, @JetBlue, @VirginAmerica, @delta) and Coachella. Per topic, on its own
-loopback `bentoml serve` (temporary BENTOML_HOME/STATE_DIR, or `--home`): the store
-gets every train.csv tweet not of the topic, and a refit on it (`--setup-epochs`,
-through the job queue and gate, after a first `training fit` on a small slice) is
-the setup version. Per N, the first N topic tweets are posted; per mode and client
-count a retrain runs from the setup version (re-activated each time) while `clients`
-closed-loop clients send single-text /predict requests, as for `--idle-seconds` before.
+Topics and held-out sets: bench/topics.py (every topic is out of the store at
+once). On one loopback `bentoml serve` with HOME's model store and database,
+the setup version is a `training fit` on a small slice and then a refit job
+on the store (`--setup-epochs`, through the job queue and the gate), made once
+per HOME. Then, per topic, N, seed and mode: the setup version is activated,
+the topic's rows of the previous run deleted, N topic rows posted (source
+"topic", the first N of a shuffle by the seed), and `POST /retrain
+{"mode", "seed"}` run to its decision. `--wrong N` adds, per topic, seed and
+mode, a batch of N topic rows with wrong labels.
 
-Per run: seconds from POST /retrain to the job's end and to the first answer from
-the new version; state, gate, example counts, phases (`other`: the job's time outside
-them); predict p50/p99 idle and during, failed requests (any non-200); macro-F1 of
-the setup version (before) and of the one active after, on held-out topic tweets
-(validation.csv, topped up with unposted train.csv ones under 50) and on the rest
-of validation.csv. Retrain settings come from the environment (REFIT_EPOCHS,
-INCREMENTAL_EPOCHS, REPLAY_*, GATE_*, RETRAIN_THREADS, WORKERS...); `--policies 10:1 0:2`
-interleaves retrain CPU policies (RETRAIN_NICE:RETRAIN_THREADS, the server restarts for
-each); `--bodies '{}' '{"strategy": "freeze"}'` interleaves POST /retrain bodies, and
-`--envs '' REPLAY_RATIO=2` server settings.
-After each server start it waits until every worker's retrain standby has imported,
-as in a service that has run for a while (`--envs RETRAIN_STANDBY=false`: cold starts).
-SIGTERM or Ctrl-C stops each server's whole process tree, and a run refuses to start
-while another server or retrain is alive (bench/retrain_helpers.py). Prints a Markdown table;
-raw numbers go to bench/out/retrain_bench.json.
+Per run: the decision and its gate record, seconds from the POST to the
+decision and to the new version answering /predict, and the macro-F1 of the
+candidate (promoted or not) and of the setup version on the bench's own
+held-out topic and rest texts, scored in this process with the serving code
+(core.runtime). A false rejection is a rejected candidate better than the
+setup on the topic and within GATE_MARGIN of it on the rest; a false promotion
+is a promoted wrong-labels batch. `--clients` runs closed-loop /predict
+clients during each job (predict p50/p99 idle and during); `--envs`
+interleaves server settings (the server restarts for each). SIGTERM or Ctrl-C
+stops the server's whole process tree. Prints each run and the cell table;
+raw numbers in bench/out/retrain_bench.json.
 """
 
 from __future__ import annotations
@@ -34,15 +32,13 @@ import argparse
 import csv
 import json
 import os
-import random
-import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,73 +52,24 @@ from retrain_helpers import (
     stop_tree,
 )
 from sklearn.metrics import f1_score
+from topics import TOPICS, Row, Shifts, load_shifts, wrong_labels
 
+from core.runtime import Classifier
 from core.text import EVAL_FRACTION, in_eval_split
-from service.runner import STANDBY_LOG
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "tweets-sentiment"
 OUT = ROOT / "bench" / "out"
 TOKEN = "bench-admin-token-0123456789"
 MODEL = "bench-retrain"
 CHUNK = 5000  # examples per POST /examples
-BATCH = 64  # texts per /predict request when scoring held-out sets
 FIRST_FIT = (200, 100)  # the first `training fit`: training texts, evaluation texts
-MIN_TOPIC_EVAL = 50
 FINAL = ("succeeded", "rejected", "failed")
 RETRAIN_ENV = (
-    "RETRAIN_THREADS", "RETRAIN_NICE", "RETRAIN_SLOWDOWN", "REPLAY_RATIO", "REPLAY_MIN",
-    "REPLAY_MAX", "INCREMENTAL_EPOCHS", "REFIT_EPOCHS", "GATE_TOLERANCE", "GATE_MIN_EVAL",
-    "WORKERS",
+    "RETRAIN_THREADS", "REPLAY_RATIO", "REPLAY_MIN", "REPLAY_MAX", "INCREMENTAL_EPOCHS",
+    "INCREMENTAL_LR", "REFIT_EPOCHS", "GATE_MARGIN", "GATE_MIN_EVAL", "GATE_MIN_NEW",
+    "GATE_LABEL_NOISE", "WORKERS",
 )  # fmt: skip
-TOPICS = {
-    "airline": re.compile(
-        r"@(united|americanair|southwestair|usairways|jetblue|virginamerica|delta)(?!\w)", re.I
-    ),
-    "coachella": re.compile("coachella", re.I),
-}
-
-Row = tuple[str, str]  # text, label
-
-
-def read_rows(path: Path) -> list[Row]:
-    """Stripped, non-empty texts, one row per text; texts seen with two labels are dropped."""
-    labels: dict[str, set[str]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        for r in csv.DictReader(f):
-            if (text := r["text"].strip()) and (label := r["label"].strip()):
-                labels.setdefault(text, set()).add(label)
-    return [(text, next(iter(ls))) for text, ls in labels.items() if len(ls) == 1]
-
-
-@dataclass
-class TopicData:
-    base: list[Row]  # the store before the topic
-    topic: list[Row]  # topic tweets to post, in order: a run posts the first N
-    topic_eval: list[Row]
-    topic_eval_source: str
-    rest_eval: list[Row]
-
-
-def topic_data(name: str, args: argparse.Namespace) -> TopicData:
-    is_topic = TOPICS[name].search
-    train, valid = read_rows(DATA / "train.csv"), read_rows(DATA / "validation.csv")
-    random.Random(0).shuffle(train)
-    in_train = {t for t, _ in train}
-    valid = [r for r in valid if r[0] not in in_train]
-    base = [r for r in train if not is_topic(r[0])][: args.base_limit]
-    topic = [r for r in train if is_topic(r[0])]
-    if max(args.sizes) > len(topic):
-        sys.exit(f"{name}: only {len(topic)} topic tweets in train.csv, --sizes asks for more")
-    posted, unposted = topic[: max(args.sizes)], topic[max(args.sizes) :]
-    topic_eval = [r for r in valid if is_topic(r[0])]
-    source = f"validation.csv ({len(topic_eval)})"
-    if len(topic_eval) < MIN_TOPIC_EVAL:
-        topic_eval += unposted
-        source += f" + train.csv topic tweets never posted ({len(unposted)})"
-    rest = [r for r in valid if not is_topic(r[0])][: args.rest_eval]
-    return TopicData(base, posted, topic_eval, source, rest)
 
 
 class Service:
@@ -133,6 +80,7 @@ class Service:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.home, self.url = home, f"http://127.0.0.1:{port}"
+        self.models = home / "bentoml" / "models" / MODEL
         self.env = os.environ | {
             "BENTOML_HOME": str(home / "bentoml"), "STATE_DIR": str(home / "state"),
             "MODEL_NAME": MODEL, "ADMIN_TOKEN": TOKEN, "HOST": "127.0.0.1", "PORT": str(port),
@@ -162,8 +110,6 @@ class Service:
 
     def start(self) -> None:
         self.others += ensure_no_strays(self.home / "state", self.allow_strays)
-        standbys = self.home / "state" / "jobs" / STANDBY_LOG
-        ready_before = standbys.read_text().count("ready") if standbys.exists() else 0
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
         with (self.home / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -174,22 +120,11 @@ class Service:
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if self.http.get("/readyz", timeout=2).status_code == 200:
-                    break
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        else:
-            raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
-        if self.env.get("RETRAIN_STANDBY", "true").lower() in ("false", "0"):
-            return
-        # A service in use has had time to start its standbys (service/runner.py): so
-        # the first job after a restart starts warm like every later one.
-        workers = int(self.env.get("WORKERS") or os.cpu_count() or 1)  # Settings' default
-        while time.monotonic() < deadline:
-            if standbys.exists() and standbys.read_text().count("ready") >= ready_before + workers:
-                return
-            time.sleep(0.5)
-        raise RuntimeError(f"no retrain standby became ready; see {standbys}")
+        raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
 
     def stop(self) -> None:
         """The server's whole tree: its workers and any retrain they run (retrain_helpers)."""
@@ -205,7 +140,8 @@ class Service:
     def post_examples(self, rows: list[Row], source: str) -> None:
         for i in range(0, len(rows), CHUNK):
             examples = [{"text": t, "label": label} for t, label in rows[i : i + CHUNK]]
-            self.call("POST", "/examples", json={"examples": examples, "source": source})
+            self.call("POST", "/examples", json={"examples": examples, "source": source,
+                                                 "on_conflict": "relabel"})  # fmt: skip
 
     def run_job(self, body: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], float]:
         """Queue a retrain and wait for its final state, or state "timeout" after `timeout_s`;
@@ -215,36 +151,31 @@ class Service:
         while (job := self.call("GET", f"/jobs/{job_id}"))["state"] not in FINAL:
             if time.monotonic() - start > timeout_s:
                 return job | {"state": "timeout"}, time.monotonic() - start
-            time.sleep(0.5)
+            time.sleep(0.25)
         return job, time.monotonic() - start
 
-    def predict(self, texts: list[str], version: str, timeout_s: float = 120) -> list[str]:
-        """Labels of `texts`, every one scored by `version` (retries while workers swap)."""
-        labels: list[str] = []
+    def served(self, version: str, timeout_s: float = 60) -> None:
+        """Return once /predict answers with `version`."""
         deadline = time.monotonic() + timeout_s
-        for i in range(0, len(texts), BATCH):
-            body = {"texts": texts[i : i + BATCH]}
-            answers = self.call("POST", "/predict", json=body)
-            while any(a["model_version"] != version for a in answers):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"workers still not all on {version}")
-                time.sleep(0.05)
-                answers = self.call("POST", "/predict", json=body)
-            labels += [a["label"] for a in answers]
-        return labels
+        body = {"texts": ["waiting for the new version"]}
+        while self.call("POST", "/predict", json=body)[0]["model_version"] != version:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{version} not served within {timeout_s} s")
+            time.sleep(0.05)
 
-    def setup(self, data: TopicData, epochs: float, timeout_s: float) -> dict[str, Any]:
-        """Start serving the topic-free setup version, made here unless HOME has it."""
-        marker, key = self.home / "setup.json", {"base": len(data.base), "epochs": epochs}
+    def setup(self, shifts: Shifts, epochs: float, timeout_s: float) -> dict[str, Any]:
+        """Start serving the setup version, made here unless HOME has it."""
+        marker = self.home / "setup.json"
+        key = {"store": len(shifts.store), "epochs": epochs, "topics": sorted(shifts.topics)}
         if marker.exists() and (saved := json.loads(marker.read_text()))["key"] == key:
             self.start()
             return dict(saved["setup"])
         shutil.rmtree(self.home, ignore_errors=True)
         self.home.mkdir(parents=True)
         # The first version is a plain fit on a small slice: a retrain inherits its recipe.
-        held = [in_eval_split(t, EVAL_FRACTION) for t, _ in data.base]
-        slices = {"train": [r for r, h in zip(data.base, held, strict=True) if not h],
-                  "eval": [r for r, h in zip(data.base, held, strict=True) if h]}  # fmt: skip
+        held = [in_eval_split(t, EVAL_FRACTION) for t, _ in shifts.store]
+        slices = {"train": [r for r, h in zip(shifts.store, held, strict=True) if not h],
+                  "eval": [r for r, h in zip(shifts.store, held, strict=True) if h]}  # fmt: skip
         for (name, rows), size in zip(slices.items(), FIRST_FIT, strict=True):
             with (self.home / f"first-{name}.csv").open("w", encoding="utf-8", newline="") as f:
                 csv.writer(f).writerows([("text", "label"), *rows[:size]])
@@ -257,31 +188,42 @@ class Service:
                 cwd=ROOT, env=self.env, check=True, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.start()
-        self.post_examples(data.base, "base")
+        self.post_examples(shifts.store, "base")
         job, wall = self.run_job({"mode": "refit", "epochs": epochs}, timeout_s)
         if job["state"] != "succeeded":
-            raise RuntimeError(f"setup refit not promoted (raise --setup-epochs?): {job}")
+            raise RuntimeError(f"setup refit not promoted: {job}")
         setup = {"version": job["candidate_version"], "wall_s": round(wall, 1), "job": job}
         marker.write_text(json.dumps({"key": key, "setup": setup}, default=str))
         return setup
 
 
-def scores(service: Service, data: TopicData, version: str) -> dict[str, float]:
-    """Macro-F1 (sklearn) of `version` on the held-out topic and rest tweets."""
-    f1 = {}
-    for name, rows in (("topic", data.topic_eval), ("rest", data.rest_eval)):
-        predicted = service.predict([t for t, _ in rows], version)
-        f1[name] = round(float(f1_score([y for _, y in rows], predicted, average="macro")), 4)
-    return f1
+class Scorer:
+    """Macro-F1 of a version on the bench's held-out sets, with the serving code."""
+
+    def __init__(self, models: Path, sets: dict[str, list[Row]], threads: int) -> None:
+        self.models, self.sets, self.threads = models, sets, threads
+
+    def __call__(self, tag: str) -> dict[str, float]:
+        folder = self.models / tag.split(":")[1]
+        meta = json.loads((folder / "metadata.json").read_text())
+        classifier = Classifier(folder, int(meta["max_length"]), self.threads)
+        labels = meta["labels"]
+        scores = {}
+        for name, rows in self.sets.items():
+            predicted = classifier.predict_indices([t for t, _ in rows])
+            truth = [y for _, y in rows]
+            named = [labels[i] for i in predicted]
+            scores[name] = round(float(f1_score(truth, named, average="macro")), 4)
+        return scores
 
 
 def one_run(
     service: Service, body: dict[str, Any], clients: int, setup_tag: str,
     args: argparse.Namespace, texts: list[str],
 ) -> dict[str, Any]:  # fmt: skip
-    """From the setup version: idle load, then one retrain under load; timings and the job."""
+    """From the setup version: idle load, then one retrain (under load); timings and the job."""
     service.call("POST", f"/models/{setup_tag}/activate")
-    service.predict(texts[:BATCH], setup_tag.split(":")[1])  # the workers serve it
+    service.served(setup_tag.split(":")[1])
     with Load(service.url, texts, clients) as idle:
         time.sleep(args.idle_seconds if clients else 0)
     start = time.monotonic()
@@ -290,27 +232,15 @@ def one_run(
         served = start + job_s
         if job["state"] == "succeeded":
             new = job["candidate_version"].split(":")[1]
-            service.predict(["waiting for the new version"], new)
+            service.served(new)
             served = min(time.monotonic(), busy.first_seen.get(new, float("inf")))
-    log = service.home / "state" / "jobs" / f"{job['id']}.log"
-    steered = re.findall(r"autogroup nice over the job \(per second\): (.*)", log.read_text())
     return {
         "job_s": round(job_s, 1),
-        "wall_s": round(served - start, 1),
-        "other_s": round(job_s - sum(job["phases"].values()), 1),
-        "nice": steered[-1] if steered else None,  # retrain/cpu_share.py's summary
+        "served_s": round(served - start, 1) if job["state"] == "succeeded" else None,
         "job": job,
         "idle": idle.summary(),
         "during": busy.summary(),
     }
-
-
-HEADER = (
-    "| topic | N | mode | nice:threads | clients | s to final state / to new version served | job "
-    "| trained (replayed) | phases s | topic F1 before → after | rest F1 before → after "
-    "| idle p50 / p99 ms | during p50 / p99 ms | p99 ratio | failed requests |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-)
 
 
 def env_variant(spec: str) -> dict[str, str]:
@@ -318,151 +248,182 @@ def env_variant(spec: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in spec.split(",") if item)
 
 
-def env_policy() -> str:
-    """The retrain CPU policy "NICE:THREADS" the environment (or the defaults) give."""
-    fields = Settings.model_fields
-    nice = os.environ.get("RETRAIN_NICE", fields["retrain_nice"].default)
-    return f"{nice}:{os.environ.get('RETRAIN_THREADS', fields['retrain_threads'].default)}"
+def margin(env: dict[str, str]) -> float:
+    """GATE_MARGIN as the server runs with it: the false-rejection test uses the same."""
+    return float(env.get("GATE_MARGIN") or Settings.model_fields["gate_margin"].default)
 
 
-def row(r: dict[str, Any]) -> str:
-    job, idle, busy = r["job"], r["idle"], r["during"]
-    gate = (job["gate"] or {}).get("all") or {}
-    decision = (
-        f"{job['state']} ({gate['candidate_macro_f1']:.3f} vs {gate['active_macro_f1']:.3f})"
-        if gate.get("active_macro_f1") is not None
-        else f"{job['state']}: {(job['decision'] or job['error'] or job['message'] or '')[:80]}"
-    )
-    fit = (r.get("fit") or {}).get("phases", {})
-    phases = " ".join(f"{k} {v:.0f}" for k, v in [*job["phases"].items(), ("other", r["other_s"])])
-    phases += f" (fit: {' '.join(f'{k} {v:.0f}' for k, v in fit.items())})" if fit else ""
-    ratio = f"{busy['p99_ms'] / idle['p99_ms']:.2f}×" if idle["p99_ms"] and busy["p99_ms"] else "–"
-    b, a = r["f1_before"], r["f1_after"]
-    failed = busy["failed"] + idle["failed"]
-    body = f" {json.dumps(r['body'])}" if r.get("body") else ""
-    steered = f"; nice {r['nice']}" if r.get("nice") else ""
+def judged(r: dict[str, Any], after: dict[str, float] | None, before: dict[str, float]) -> None:
+    """Adds the deltas and whether the decision was a false rejection or false promotion."""
+    r["before"], r["after"] = before, after
+    promoted = r["job"]["state"] == "succeeded"
+    if after is not None:
+        r["topic_delta"] = round(after["topic"] - before["topic"], 4)
+        r["rest_delta"] = round(after["rest"] - before["rest"], 4)
+    good = after is not None and r["topic_delta"] > 0 and r["rest_delta"] >= -r["margin"]
+    r["false_rejection"] = not r["wrong"] and not promoted and good
+    r["false_promotion"] = r["wrong"] and promoted
+
+
+def line(r: dict[str, Any]) -> str:
+    job = r["job"]
+    gate = job.get("gate") or {}
+    old = (gate.get("old") or {}).get("difference")
+    noise = (gate.get("labels") or {}).get("flagged_share")
+    kind = "wrong" if r["wrong"] else "labels"
+    delta = f"topic {r['topic_delta']:+.4f} rest {r['rest_delta']:+.4f}" if r["after"] else "-"
+    served = f"{r['served_s']:.0f}" if r["served_s"] is not None else "-"
     return (
-        f"| {r['topic']} | {r['n']} | {r['mode']}{body} | {r['policy']}{steered} | {r['clients']} "
-        f"| {r['job_s']:.0f} / {r['wall_s']:.0f} | {decision} "
-        f"| {job['trained_examples']} ({job['replayed_examples']}) "
-        f"| {phases} "
-        f"| {b['topic']:.3f} → {a['topic']:.3f} | {b['rest']:.3f} → {a['rest']:.3f} "
-        f"| {idle['p50_ms'] or '–'} / {idle['p99_ms'] or '–'} "
-        f"| {busy['p50_ms'] or '–'} / {busy['p99_ms'] or '–'} | {ratio} "
-        f"| {failed} of {failed + busy['ok'] + idle['ok']} |"
+        f"{r['topic']} N={r['n']} seed={r['seed']} {r['mode']} {kind}{r['variant'] or ''}: "
+        f"{job['state']} in {r['job_s']:.0f} s (served {served} s); candidate {delta}; gate old "
+        f"{old if old is None else f'{old:+.4f}'} flagged {noise}; "
+        f"{'FALSE REJECTION' if r['false_rejection'] else ''}"
+        f"{'FALSE PROMOTION' if r['false_promotion'] else ''}"
     )
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def cells(runs: list[dict[str, Any]]) -> str:
+    """The Markdown table: one row per topic, N, mode and batch kind, medians over seeds."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in runs:
+        key = (r["topic"], r["n"], r["mode"], r["wrong"], json.dumps(r["variant"]))
+        groups.setdefault(key, []).append(r)
+    out = [
+        "| topic | N | mode | labels | promoted | s to served (median) | topic Δ | rest Δ "
+        "| gate old Δ | flagged / reference | false rej. | false prom. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (topic, n, mode, wrong, variant), rs in groups.items():
+        promoted = sum(r["job"]["state"] == "succeeded" for r in rs)
+        served = _median([r["served_s"] for r in rs if r["served_s"] is not None])
+        med = {k: _median([r[k] for r in rs if k in r]) for k in ("topic_delta", "rest_delta")}
+        gates = [(r["job"].get("gate") or {}) for r in rs]
+        old = _median([g["old"]["difference"] for g in gates if "difference" in g.get("old", {})])
+        flagged = _median([g["labels"]["flagged_share"] for g in gates if "labels" in g])
+        ref = _median([g["labels"]["reference_flagged_share"] for g in gates if "labels" in g])
+        fmt = lambda v, f="+.4f": "-" if v is None else format(v, f)  # noqa: E731
+        out.append(
+            f"| {topic} | {n} | {mode}{'' if variant == '{}' else ' ' + variant} "
+            f"| {'wrong' if wrong else 'right'} | {promoted}/{len(rs)} | {fmt(served, '.0f')} "
+            f"| {fmt(med['topic_delta'])} | {fmt(med['rest_delta'])} | {fmt(old)} "
+            f"| {fmt(flagged, '.2f')} / {fmt(ref, '.2f')} "
+            f"| {sum(r['false_rejection'] for r in rs)} | {sum(r['false_promotion'] for r in rs)} |"
+        )
+    return "\n".join(out)
 
 
 def save(results: dict[str, Any]) -> None:
-    (OUT / "retrain_bench.json").write_text(json.dumps(results, indent=2, default=str))
+    (OUT / "retrain_bench.json").write_text(json.dumps(results, indent=1, default=str))
 
 
-def bench_topic(name: str, home: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Setup, then every (N, mode, clients) run of one topic on its own server."""
-    data = topic_data(name, args)
-    service = Service(home / name, args.allow_strays)
-    info: dict[str, Any] = {"base_examples": len(data.base), "topic_eval": data.topic_eval_source,
-                            "rest_eval": len(data.rest_eval)}  # fmt: skip
-    results["topics"][name] = info
-    print(f"\n{name}: {info}", flush=True)
-    texts = [t for t, _ in data.rest_eval]
+def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Setup, then every (topic, N, seed, mode, batch kind, variant) run on one server."""
+    service = Service(home, args.allow_strays)
+    texts = [t for t, _ in shifts.rest_eval]
     try:
-        info["setup"] = service.setup(data, args.setup_epochs, args.job_timeout)
-        tag = info["setup"]["version"]
-        service.call("POST", f"/models/{tag}/activate")
-        info["f1_setup"] = scores(service, data, tag.split(":")[1])
-        print(f"setup version {tag}: macro-F1 {info['f1_setup']}\n\n{HEADER}", flush=True)
+        results["setup"] = service.setup(shifts, args.setup_epochs, args.job_timeout)
+        tag = results["setup"]["version"]
         runs = [
-            (n, mode, body, variant, clients, policy)
-            for n in args.sizes
-            for _ in range(args.rounds)
+            (topic, n, seed, mode, wrong, variant, clients)
+            for topic in args.topics
+            for n, wrong in [(n, False) for n in args.sizes] + [(n, True) for n in args.wrong]
+            for seed in args.seeds
             for mode in args.modes
-            for body in args.bodies
             for variant in args.envs
-            for policy in args.policies  # each policy's quiet and loaded runs back to back
             for clients in args.clients
         ]
-        # Re-posting deleted rows can fail in SQLite (reused ids vs tombstones): post once.
-        marker = service.home / "topic-posted.json"
-        posted = json.loads(marker.read_text()) if marker.exists() else None
         varied = {k for variant in args.envs for k in variant}
-        for n, mode, body, variant, clients, policy in runs:
-            if n != posted:
-                service.call("DELETE", "/examples", params={"source": "topic"})
-                service.post_examples(data.topic[:n], "topic")
-                marker.write_text(json.dumps(posted := n))
-            nice, threads = policy.split(":") if policy else (None, None)
-            service.set_env({"RETRAIN_NICE": nice, "RETRAIN_THREADS": threads}
-                            | {k: variant.get(k) for k in varied})  # fmt: skip
-            r = {"topic": name, "n": n, "mode": mode, "body": body | variant, "clients": clients,
-                 "policy": policy or env_policy(), "load_before": os.getloadavg()}  # fmt: skip
-            r |= one_run(service, {"mode": mode, **body}, clients, tag, args, texts)
-            r["load_after"] = os.getloadavg()
-            r["f1_before"] = r["f1_after"] = info["f1_setup"]
-            if candidate := r["job"].get("candidate_version"):
-                r["fit"] = fit_details(home / name / "bentoml", candidate)
-            if r["job"]["state"] == "succeeded":
-                r["f1_after"] = scores(service, data, candidate.split(":")[1])
+        before: dict[str, dict[str, float]] = {}
+        for topic, n, seed, mode, wrong, variant, clients in runs:
+            data = shifts.topics[topic]
+            score = Scorer(service.models, {"topic": data.eval, "rest": shifts.rest_eval}, 2)
+            if topic not in before:
+                before[topic] = score(tag)
+                print(f"\n{topic}: setup {tag} scores {before[topic]}", flush=True)
+            posted = data.posted(n, seed)
+            if wrong:
+                labels = sorted({y for _, y in shifts.store})
+                posted = wrong_labels(posted, labels, seed)
+            service.set_env({k: variant.get(k) for k in varied})
+            service.call("DELETE", "/examples", params={"source": "topic"})
+            service.post_examples(posted, "topic")
+            r: dict[str, Any] = {
+                "topic": topic, "n": n, "seed": seed, "mode": mode, "wrong": wrong,
+                "variant": variant, "clients": clients, "margin": margin(service.env),
+            }  # fmt: skip
+            r |= one_run(service, {"mode": mode, "seed": seed}, clients, tag, args, texts)
+            candidate = r["job"].get("candidate_version")
+            if candidate:
+                r["fit"] = fit_details(home / "bentoml", candidate)
+            judged(r, score(candidate) if candidate else None, before[topic])
             if r["job"]["state"] == "timeout":  # kill it; the restarted server fails it
                 service.stop()
                 service.start()
             results["runs"].append(r)
             save(results)
-            print(row(r), flush=True)
+            print(line(r), flush=True)
     finally:
         service.stop()
-        info["other_processes"] = service.others
+        results["other_processes"] = service.others
         save(results)
         if (service.home / "serve.log").exists():
-            shutil.copy(service.home / "serve.log", OUT / f"retrain_bench-{name}-serve.log")
+            shutil.copy(service.home / "serve.log", OUT / "retrain_bench-serve.log")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--topics", nargs="+", choices=sorted(TOPICS), default=sorted(TOPICS))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--topics", nargs="+", choices=sorted(TOPICS), default=list(TOPICS))
+    parser.add_argument("--sizes", type=int, nargs="*", default=[200, 1000])
+    parser.add_argument("--wrong", type=int, nargs="*", default=[300],
+                        help="sizes of wrong-label batches per topic, seed and mode")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", choices=["incremental", "refit", "auto"],
                         default=["incremental", "refit"])  # fmt: skip
-    parser.add_argument("--clients", type=int, nargs="+", default=[0, 64])
-    parser.add_argument("--policies", nargs="+", default=[None], metavar="NICE:THREADS",
-                        help="retrain CPU policies to interleave (the server restarts with "
-                        "RETRAIN_NICE/RETRAIN_THREADS); default: the environment's")  # fmt: skip
-    parser.add_argument("--bodies", type=json.loads, nargs="+", default=[{}], metavar="JSON",
-                        help="POST /retrain fields besides mode, interleaved")  # fmt: skip
+    parser.add_argument("--clients", type=int, nargs="+", default=[0])
     parser.add_argument("--envs", type=env_variant, nargs="+", default=[{}], metavar="K=V,K=V",
                         help="server settings to interleave ('' is the environment's); "
                         "the server restarts for each")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=1, help="repeat each N's runs")
-    parser.add_argument(
-        "--allow-strays",
-        action="store_true",
-        help="run while other bentoml/retrain processes are alive (recorded)",
-    )
+    parser.add_argument("--allow-strays", action="store_true",
+                        help="run beside other servers or retrains (recorded)")  # fmt: skip
     parser.add_argument("--idle-seconds", type=float, default=15)
-    parser.add_argument("--setup-epochs", type=float, default=0.3)
-    parser.add_argument("--base-limit", type=int, default=None, help="cap the base store")
-    parser.add_argument("--rest-eval", type=int, default=1000)
+    parser.add_argument("--setup-epochs", type=float, default=1.0)
     parser.add_argument("--job-timeout", type=float, default=1800, help="seconds per job")
     parser.add_argument("--home", type=Path, default=None,
-                        help="keep each topic's setup in HOME/TOPIC between invocations "
-                        "(rebuilt when its base store or --setup-epochs differ)")  # fmt: skip
+                        help="keep the setup in HOME between invocations (rebuilt when its "
+                        "store, topics or --setup-epochs differ)")  # fmt: skip
     args = parser.parse_args()
-    interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops each server's tree
+    interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops the server's tree
     OUT.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     env = {k: os.environ[k] for k in RETRAIN_ENV if k in os.environ}
+    shifts = load_shifts()
     results: dict[str, Any] = {"command": " ".join(sys.argv), "cpu": cpu_info(), "env": env,
-                               "topics": {}, "runs": []}  # fmt: skip
+                               "store": len(shifts.store), "rest_eval": len(shifts.rest_eval),
+                               "topics": {n: {"pool": len(t.pool), "eval": len(t.eval)}
+                                          for n, t in shifts.topics.items()},
+                               "runs": []}  # fmt: skip
     cpu = results["cpu"]
     flags = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items())
     print(f"# retrain topic-shift benchmark\n\nCPU: {cpu['model']}, {cpu['cores']} cores; {flags}")
-    print(f"command: {results['command']}\nretrain env: {env}", flush=True)
+    print(f"command: {results['command']}\nretrain env: {env}\nstore {results['store']}, rest "
+          f"eval {results['rest_eval']}, topics {results['topics']}", flush=True)  # fmt: skip
     started = time.monotonic()
-    for name in args.topics:
-        bench_topic(name, home, args, results)
-    results["total_s"] = round(time.monotonic() - started, 1)
-    save(results)
-    print(f"\ntotal {results['total_s']:.0f} s; raw numbers in {OUT / 'retrain_bench.json'}")
+    try:
+        bench(shifts, home, args, results)
+    finally:
+        results["total_s"] = round(time.monotonic() - started, 1)
+        save(results)
+        runs = results["runs"]
+        print(f"\n{cells(runs)}\n")
+        right = [r for r in runs if not r["wrong"]]
+        print(f"false rejections {sum(r['false_rejection'] for r in right)} of {len(right)} "
+              f"runs; false promotions {sum(r['false_promotion'] for r in runs)} of "
+              f"{len(runs) - len(right)} wrong-label runs")  # fmt: skip
+        print(f"total {results['total_s']:.0f} s; raw numbers in {OUT / 'retrain_bench.json'}")
     if args.home is None:
         shutil.rmtree(home)
 

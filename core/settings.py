@@ -48,18 +48,28 @@ class RetrainSettings(StateSettings):
         "RETRAIN_NICE up) to run about this many times slower than alone, leaving the rest "
         "to serving; 0 keeps RETRAIN_NICE fixed (retrain/cpu_share.py).",
     )
-    gate_tolerance: float = Field(
-        0.0,
+    gate_margin: float = Field(
+        0.02,
         ge=0,
         le=1,
-        description="A candidate is promoted if its macro-F1 >= active - this, on all "
-        "evaluation texts and on the old slice alone.",
+        description="Non-inferiority margin in macro-F1: the candidate's one-sided lower bound "
+        "of its difference from the active version (overall, on the old slice) and from the "
+        "chain's reference version must be above -this (retrain/gate.py).",
+    )
+    gate_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="One-sided confidence of the gate's bounds."
     )
     gate_min_eval: int = Field(
         30,
         ge=1,
         description="Fewest evaluation texts a gate decides on; fewer: the job is rejected "
-        "(unless no model is active).",
+        "(unless no model is active). The old slice and the reference need as many.",
+    )
+    gate_min_new: int = Field(
+        30,
+        ge=1,
+        description="Fewest new evaluation texts (and new labels) the gate judges the new "
+        "slice (and the labels' plausibility) on; fewer: not judged, and the record says so.",
     )
     replay_ratio: float = Field(
         4.0, ge=0, description="Incremental: old examples replayed per new training example."
@@ -68,6 +78,13 @@ class RetrainSettings(StateSettings):
     replay_max: int = Field(4000, ge=0, description="Incremental: replay at most this many.")
     incremental_epochs: float = Field(
         2.0, gt=0, le=20, description="Incremental: passes over new + replayed examples."
+    )
+    incremental_average: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Incremental: keep this share of what training moved the active version's "
+        "weights (WiSE-FT weight averaging); 1 keeps the fine-tuned weights.",
     )
     refit_epochs: float = Field(
         1.0, gt=0, le=20, description="Refit: passes over all training examples (early-stopped)."

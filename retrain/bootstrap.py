@@ -53,7 +53,8 @@ def import_corpus(settings: RetrainSettings, rows: list[tuple[str, str]]) -> int
 def quick_slices(rows: list[tuple[str, str]], seed: int = 0) -> tuple[list[Row], list[Row]]:
     """A stratified training slice and evaluation slice, each from its own side of the split."""
     tagged = [
-        Row(i, t, label, True, in_eval_split(t, EVAL_FRACTION)) for i, (t, label) in enumerate(rows)
+        Row(i, t, label, True, in_eval_split(t, EVAL_FRACTION), 0)
+        for i, (t, label) in enumerate(rows)
     ]
     rng = random.Random(seed)
     train = stratified_sample([r for r in tagged if not r.eval], QUICK_TRAIN, rng)

@@ -16,31 +16,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core import registry
-from core.activity import wide_when_quiet
 from core.settings import RetrainSettings
-from core.text import text_key
-from retrain.gate import Decision, active_predictions, decide
-from retrain.plan import Plan, PlanError, Row, make_plan
+from retrain.evidence import chain_root, gather, suspects
+from retrain.gate import Decision, decide
+from retrain.plan import Plan, PlanError, make_plan
 from store import Store, examples, jobs, versions
 from store.jobs import Job, JobState
 from store.versions import ActiveChangedError, VersionStatus
 from training import data as datamod
 from training.config import TrainConfig, default_base_model
 from training.evaluate import classification_metrics
-from training.pipeline import run_fit
+from training.pipeline import Fitted, run_fit
 
 log = logging.getLogger(__name__)
 
 # The fit is this share of a job's progress; the gate and promotion are the rest.
 FIT_SHARE = 0.95
 REPORT_EVERY_S = 1.0
+DEFAULT_SEED = 42  # TrainConfig's: a job without one replays and trains the same way each time
 # What describes the active version's own run rather than how to train: not inherited.
 NOT_INHERITED = (
     "data", "eval_data", "dev_data", "init_from", "name", "split", "parent", "threads",
-    "base_model", "epochs", "text_column", "label_column",
+    "base_model", "epochs", "text_column", "label_column", "average",
 )  # fmt: skip
 
 
@@ -91,10 +89,12 @@ def build_config(
     }
     if incremental:
         run["evals_per_epoch"] = 1  # only to keep the best epoch: evaluations cost steps
+        run["average"] = settings.incremental_average
     return TrainConfig(**recipe | run | job.params.get("training", {}))
 
 
-def _write(folder: Path, plan: Plan) -> dict[str, Path]:
+def write_plan(folder: Path, plan: Plan) -> dict[str, Path]:
+    """The plan's rows as the CSV files a fit reads: train, eval and (incremental) dev."""
     files = {"train": folder / "train.csv", "eval": folder / "eval.csv"}
     datamod.write_csv(files["train"], ((r.text, r.label) for r in plan.train))
     datamod.write_csv(files["eval"], ((r.text, r.label) for r in plan.eval))
@@ -105,35 +105,27 @@ def _write(folder: Path, plan: Plan) -> dict[str, Path]:
 
 
 def _gate(
-    plan: Plan,
-    labels: tuple[str, ...],
-    candidate_predictions: list[int],
-    active: registry.ModelVersion | None,
+    plan: Plan, fitted: Fitted, active: registry.ModelVersion | None, store: Store,
     settings: RetrainSettings,
-) -> tuple[Decision, dict[str, Any]]:
-    """Score the active version on the candidate's evaluation texts it never trained on.
-
-    Returns the decision and both models' metrics on exactly the texts it compared.
-    """
-    seen = active.trained_keys() if active else None
-    keep = [i for i, r in enumerate(plan.eval) if seen is None or text_key(r.text) not in seen]
-    rows: list[Row] = [plan.eval[i] for i in keep]
-    index = {name: i for i, name in enumerate(labels)}
-    y = np.array([index[r.label] for r in rows], dtype=np.int64)
-    cand = np.array([candidate_predictions[i] for i in keep], dtype=np.int64)
-    new = np.array([r.new for r in rows], dtype=bool)
-    act = None
-    if active and rows:
-        wide = wide_when_quiet(settings.serving_activity, settings.retrain_threads)
-        texts = [r.text for r in rows]
-        act = active_predictions(active, texts, labels, settings.retrain_threads, wide)
-    decision = decide(y, cand, act, new, len(labels), settings)
-    decision.record["excluded_seen_by_active"] = len(plan.eval) - len(keep)
+) -> tuple[Decision, dict[str, Any]]:  # fmt: skip
+    """The gate's decision, and both models' metrics on exactly the texts it compared."""
+    labels = fitted.version.labels
+    reference, why = chain_root(active) if active else (None, None)
+    revision = None
+    if reference is not None:
+        with store.transaction() as tx:
+            revision = versions.data_revision(tx, reference.tag)
+    evidence, new = gather(
+        plan, labels, fitted.eval_predictions, active, (reference, why, revision), settings
+    )
+    decision = decide(evidence, settings)
+    decision.record["excluded_seen_by_active"] = len(plan.eval) - len(evidence.y)
+    if "labels" in decision.record:
+        decision.record["labels"]["suspects"] = suspects(evidence, new)
+    y, act = evidence.y.tolist(), evidence.active
     metrics = {
-        "candidate": classification_metrics(y.tolist(), cand.tolist(), labels),
-        "active": classification_metrics(y.tolist(), act.tolist(), labels)
-        if act is not None
-        else None,
+        "candidate": classification_metrics(y, evidence.candidate.tolist(), labels),
+        "active": classification_metrics(y, act.tolist(), labels) if act is not None else None,
         "gate": decision.record,
     }
     return decision, metrics
@@ -154,7 +146,9 @@ def run_job(job_id: str, store: Store, settings: RetrainSettings) -> JobState:
         report.phases["start"] = round((datetime.now(UTC) - job.started_at).total_seconds(), 2)
     with jobs.heartbeats(store, job_id):
         try:
-            plan = make_plan(snapshot, job.params.get("mode", "auto"), active, since, settings)
+            seed = int(job.params.get("training", {}).get("seed", DEFAULT_SEED))
+            mode = job.params.get("mode", "auto")
+            plan = make_plan(snapshot, mode, active, since, settings, seed)
         except PlanError as exc:
             return _end(store, job, JobState.REJECTED, decision=f"rejected: {exc}")
         report.lap("plan")
@@ -167,7 +161,7 @@ def run_job(job_id: str, store: Store, settings: RetrainSettings) -> JobState:
                mode=plan.mode, summary=summary)  # fmt: skip
         streak = int(active.metadata.get("incremental_streak", 0)) if active else 0
         with tempfile.TemporaryDirectory(prefix="selftune-retrain-") as tmp:
-            cfg = build_config(job, plan, _write(Path(tmp), plan), active, settings)
+            cfg = build_config(job, plan, write_plan(Path(tmp), plan), active, settings)
             fitted = run_fit(
                 cfg,
                 lambda fraction, message: report(FIT_SHARE * fraction, message),
@@ -186,7 +180,7 @@ def run_job(job_id: str, store: Store, settings: RetrainSettings) -> JobState:
             )  # fmt: skip
         report(FIT_SHARE, "gate: scoring the active version on the same texts", force=True,
                candidate_version=candidate.tag)  # fmt: skip
-        decision, metrics = _gate(plan, candidate.labels, fitted.eval_predictions, active, settings)
+        decision, metrics = _gate(plan, fitted, active, store, settings)
         report.lap("gate")
     summary["phases"] = report.phases
     return _promote(store, job, candidate.tag, active_tag, decision, metrics, summary)

@@ -40,6 +40,7 @@ class Row:
     label: str
     new: bool  # added or relabeled since the active version's data revision
     eval: bool
+    revision: int  # the store revision that last wrote it
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _usable(snapshot: Snapshot, since: int | None) -> tuple[list[Row], list[dict
             skipped.append({"id": ex.id, "reason": str(exc)})
             continue
         new = since is None or ex.revision > since
-        rows.append(Row(ex.id, text, label, new, in_eval_split(text, EVAL_FRACTION)))
+        rows.append(Row(ex.id, text, label, new, in_eval_split(text, EVAL_FRACTION), ex.revision))
     return rows, skipped
 
 

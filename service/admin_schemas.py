@@ -109,9 +109,12 @@ class RetrainRequest(Intake):
     epochs: Annotated[float, Field(gt=0, le=20), NOT_A_BOOL] | None = None
     lr: Annotated[float, Field(gt=0, lt=1), NOT_A_BOOL] | None = None
     batch_size: Annotated[int, Field(ge=1, le=1024), NOT_A_BOOL] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1), NOT_A_BOOL] | None = Field(
+        None, description="Seeds the replay sample and the training run, to reproduce a job."
+    )
 
     def training_overrides(self) -> dict[str, Any]:
-        fields = ("strategy", "epochs", "lr", "batch_size")
+        fields = ("strategy", "epochs", "lr", "batch_size", "seed")
         return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
 

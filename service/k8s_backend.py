@@ -11,7 +11,7 @@ queued job this backend creates
       activeDeadlineSeconds   = RETRAIN_TIMEOUT_S
       ttlSecondsAfterFinished = 86400
       template                = the PodTemplate's, with env JOB_ID set to the job id and
-                                the server's retrain settings (GATE_TOLERANCE, ...) set
+                                the server's retrain settings (GATE_MARGIN, ...) set
 
 and follows it by reading the Job's status. The training pod records its own
 result in the database (`python -m retrain run --job-id ID`); the

@@ -51,6 +51,14 @@ class TrainConfig(BaseModel):
         description="A registered version's folder to warm-start from (its fine-tuned "
         "weights and head); its labels come first, new labels in the data extend the head.",
     )
+    average: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="With --init-from: keep this share of what fine-tuning moved the weights, "
+        "start + average x (fine-tuned - start) (WiSE-FT, Wortsman et al. 2022): a warm start "
+        "learns the new data and keeps more of what it knew. 1: the fine-tuned weights.",
+    )
     name: str = DEFAULT_MODEL_NAME
     text_column: str = "text"
     label_column: str = "label"
@@ -131,6 +139,11 @@ class TrainConfig(BaseModel):
         for name, path in (("evaluation", self.eval_data), ("dev", self.dev_data)):
             if path is not None and not path.exists():
                 raise ValueError(f"{name} data {path} does not exist")
+        if self.average < 1 and not self.init_from:
+            raise ValueError(
+                "--average needs --init-from: it averages with the weights a warm start began "
+                "from (a fresh head has nothing to average with)"
+            )
         if self.strategy == "freeze" and self.freeze_layers == 0:
             raise ValueError(
                 "strategy 'freeze' with freeze_layers=0 is 'full'; set --freeze-layers"

@@ -40,7 +40,7 @@ from training.export import check_parity, torch_logits, write_onnx
 from training.precision import choose_precision
 from training.report import write_report
 from training.strategies import merged_for_export
-from training.train import fine_tune, load_base, warm_start_folder
+from training.train import average_with, fine_tune, load_base, warm_start_folder, weights
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,12 @@ def run_fit(
             f"training step {step}/{total}, about {eta:.0f} s of training left",
         )
 
+    start = weights(model) if cfg.average < 1 else None
     result = fine_tune(cfg, model, tokenizer, splits.train, splits.dev, on_step=on_step)
     clock.lap("train")
     final = merged_for_export(result.model)
+    if start is not None:
+        average_with(final, start, cfg.average)
 
     with tempfile.TemporaryDirectory(prefix="selftune-export-") as tmp:
         staging = Path(tmp)

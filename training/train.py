@@ -161,6 +161,19 @@ def extend_head(model: PreTrainedModel, label_names: Sequence[str]) -> None:
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
 
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's floating-point tensors."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+@torch.no_grad()
+def average_with(model: nn.Module, start: dict[str, torch.Tensor], share: float) -> None:
+    """In place: start + share x (model - start), tensor by tensor (WiSE-FT weight averaging)."""
+    for name, value in model.state_dict().items():
+        if name in start:
+            value.copy_(start[name] + share * (value - start[name]))
+
+
 def encode(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> list[list[int]]:

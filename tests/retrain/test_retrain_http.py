@@ -144,6 +144,78 @@ def test_a_poison_row_is_skipped_and_named_and_the_job_still_decides(
     )
 
 
+def conditions(job: dict[str, Any]) -> dict[str, str]:
+    return {c["condition"]: c["verdict"] for c in job["gate"]["conditions"]}
+
+
+def activate(http: httpx.Client, tag: str) -> None:
+    response = http.post(f"/models/{tag.split(':')[1]}/activate", headers=AUTH)
+    assert response.status_code == 200, response.text
+
+
+def test_a_batch_of_wrong_labels_is_rejected_and_its_rows_listed(http: httpx.Client) -> None:
+    wrong = [{"text": t, "label": "negative"} for t in texts(POSITIVE, 40, 6, "oops")]
+    wrong += [{"text": t, "label": "positive"} for t in texts(NEGATIVE, 40, 7, "oops")]
+    stored = http.post("/examples", headers=AUTH, json={"examples": wrong, "source": "bad-tool"})
+    assert stored.status_code == 200, stored.text
+
+    job = retrain(http, mode="incremental")
+
+    assert job["state"] == "rejected", job
+    assert conditions(job)["plausible labels"] == "failed", job["gate"]
+    assert "PATCH /examples/{id}" in job["decision"]
+    labels = job["gate"]["labels"]
+    assert labels["support"] < 0 < labels["reference_support"]
+    posted = {r["text"]: r["label"] for r in wrong}
+    assert len(labels["suspects"]) >= 20
+    for suspect in labels["suspects"]:
+        assert posted[suspect["text"]] == suspect["label"] != suspect["predicted"]
+        row = http.get(f"/examples/{suspect['id']}", headers=AUTH).json()
+        assert (row["text"], row["label"]) == (suspect["text"], suspect["label"])
+    gone = http.delete("/examples", headers=AUTH, params={"source": "bad-tool"})
+    assert gone.json() == {"deleted": len(wrong)}
+
+
+def test_retraining_without_new_data_does_not_flap(http: httpx.Client) -> None:
+    caught_up = retrain(http, mode="refit")  # everything stored is in it
+    if caught_up["state"] != "succeeded":
+        activate(http, caught_up["candidate_version"])
+    active = http.get("/models", headers=AUTH).json()["active"]
+
+    jobs = [retrain(http, mode="refit") for _ in range(2)]
+
+    for job in jobs:
+        assert job["new_examples"] == 0, job
+        assert job["state"] == "rejected", job
+        assert conditions(job)["better, with no new data"] == "failed"
+        assert "add or correct labels" in job["decision"]
+    assert http.get("/models", headers=AUTH).json()["active"] == active
+
+
+def test_a_chain_of_incremental_steps_is_bounded_by_the_version_it_started_from(
+    http: httpx.Client,
+) -> None:
+    root = http.get("/models", headers=AUTH).json()["active"]
+    assert registry.get(root).metadata["mode"] == "refit"
+    # A step that wrecked the model (rejected, then activated by hand), and a step after it
+    # that barely moves: each is within the margin of its own active version.
+    more = [{"text": t, "label": "positive"} for t in texts(POSITIVE, 20, 8, "chain")]
+    wrecked = retrain(http, mode="incremental", examples=more, lr=0.05, epochs=3)
+    assert wrecked["state"] == "rejected", wrecked
+    activate(http, wrecked["candidate_version"])
+    later = [{"text": t, "label": "negative"} for t in texts(NEGATIVE, 20, 9, "chain")]
+
+    job = retrain(http, mode="incremental", examples=later, lr=1e-9)
+
+    assert job["state"] == "rejected", job
+    verdicts = conditions(job)
+    assert verdicts["non-inferior on the old slice"] == "passed", job["gate"]
+    assert verdicts["chain bounded by its reference"] == "failed", job["gate"]
+    assert job["gate"]["reference"]["version"] == root
+    assert root in job["decision"]
+    activate(http, root)
+
+
 def test_a_rollback_during_a_job_blocks_its_promotion(
     http: httpx.Client, trainer: Retrainer
 ) -> None:

@@ -64,7 +64,7 @@ def settings() -> Settings:
         pod_namespace=NAMESPACE,
         retrain_pod_template=TEMPLATE,
         retrain_timeout_s=TIMEOUT_S,
-        gate_tolerance=0.05,
+        gate_margin=0.05,
     )
 
 
@@ -127,7 +127,7 @@ def test_launch_creates_the_documented_job(fake: FakeKubernetes, podtemplate: Ma
     assert post.body == build_retrain_job(
         podtemplate, job.id, timeout_s=TIMEOUT_S, settings_env=forwarded_settings(settings())
     )
-    assert env["GATE_TOLERANCE"] == {"name": "GATE_TOLERANCE", "value": "0.05"}
+    assert env["GATE_MARGIN"] == {"name": "GATE_MARGIN", "value": "0.05"}
 
 
 def test_launching_a_job_that_exists_adopts_it(fake: FakeKubernetes) -> None:

@@ -18,7 +18,7 @@ from store import Store
 from store.examples import count
 from tests.helpers import (
     AUTH,
-    GATE_TOLERANCE,
+    GATE_MARGIN,
     LOSING,
     TOKEN,
     WINNING,
@@ -166,7 +166,7 @@ def test_retrain_promotes_a_better_candidate_and_every_request_succeeds_through_
     assert job["state"] == "succeeded", (job["decision"], job["error"])
     assert job["decision"].startswith("promoted")
     candidate_f1, active_f1 = (job["metrics"][k]["macro_f1"] for k in ("candidate", "active"))
-    assert candidate_f1 >= active_f1 - float(GATE_TOLERANCE)
+    assert candidate_f1 >= active_f1 - float(GATE_MARGIN)
     new = job["candidate_version"].split(":")[1]
     wait_for_version(admin, new)
     assert failures == []

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import (
     AUTH,
-    GATE_TOLERANCE,
+    GATE_MARGIN,
     TOKEN,
     WINNING,
     bentoml_serve,
@@ -34,7 +34,7 @@ def test_a_version_promoted_through_one_replica_is_served_by_the_other(
         "ADMIN_TOKEN": TOKEN,
         "DATABASE_URL": postgres_url,
         "RETRAIN_THREADS": "1",
-        "GATE_TOLERANCE": GATE_TOLERANCE,
+        "GATE_MARGIN": GATE_MARGIN,
     }
     with contextlib.ExitStack() as stack:
         servers = [

