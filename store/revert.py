@@ -48,6 +48,9 @@ class KeptRow:
 
 @dataclass(frozen=True)
 class Reverted:
+    """What a revert did: rows deleted and restored, rows kept, the writes undone, and the
+    revert's own revision (the store's current one when nothing was undone)."""
+
     deleted: int
     restored: int
     kept: list[KeptRow]
@@ -91,11 +94,20 @@ def revert(
     undos = [
         undo for row in rows if (undo := _undo(row, history[row.id], source, revision)) is not None
     ]
+    undone = sorted({e.revision for u in undos for e in u.entries})
     done = changes.current_revision(tx)
     if undos:
-        detail = {"source": source, "revision": revision, "reason": reason}
+        detail = {"source": source, "revision": revision, "reason": reason, "revisions": undone}
         done = _apply(tx, undos, detail, reason or f"revert of {what}")
-    return _answer(tx, undos, done, still)
+    kept_count, kept = _kept(tx, still)
+    return Reverted(
+        deleted=sum(u.after is None for u in undos),
+        restored=sum(u.after is not None for u in undos),
+        kept=kept,
+        kept_count=kept_count,
+        revisions=undone,
+        revision=done,
+    )
 
 
 def _rows(where: ColumnElement[bool]) -> Select[ExampleRow]:
@@ -111,43 +123,35 @@ def _check_revertible(tx: Session, source: str, revision: int) -> None:
             f"source {source!r} made no intake or relabel at revision {revision}; "
             "each POST /examples answer names its revision"
         )
-    if tx.scalar(select(RowChangeRow.revision).where(RowChangeRow.revision == revision)) is None:
+    logged = select(RowChangeRow.revision).where(RowChangeRow.revision == revision).limit(1)
+    if tx.scalar(logged) is None:
         raise NotRevertibleError(
             f"revision {revision} was written before the store logged each row's previous "
             f"label (migration 0004); DELETE /examples?source={source} without a revision "
-            "deletes every row that source created"
+            "deletes the rows that name that source"
         )
 
 
+def _in_effect() -> ColumnElement[bool]:
+    """Log entries that set a row's label (created, relabeled) and no revert has undone."""
+    return RowChangeRow.kind.in_(UNDOABLE) & RowChangeRow.reverted_in.is_(None)
+
+
 def _live_at(revision: int) -> ColumnElement[bool]:
-    """Log entries of `revision` that no revert has undone."""
-    return (
-        (RowChangeRow.revision == revision)
-        & RowChangeRow.kind.in_(UNDOABLE)
-        & RowChangeRow.reverted_in.is_(None)
-    )
+    return (RowChangeRow.revision == revision) & _in_effect()
 
 
-def _by_source(source: str | None) -> ColumnElement[bool]:
-    """Log entries that gave a row `source`'s label, which no revert has undone."""
-    return (
-        (RowChangeRow.new_source == source)
-        & RowChangeRow.kind.in_(UNDOABLE)
-        & RowChangeRow.reverted_in.is_(None)
-    )
+def _by_source(source: str) -> ColumnElement[bool]:
+    return (RowChangeRow.new_source == source) & _in_effect()
 
 
 def _history(tx: Session, ids: Sequence[int]) -> dict[int, list[RowChangeRow]]:
-    """Each row's log entries still in effect (created, relabeled; not reverted), newest first."""
+    """Each row's log entries in effect, newest first."""
     history: dict[int, list[RowChangeRow]] = defaultdict(list)
     for chunk in chunked(ids):
         entries = tx.scalars(
             select(RowChangeRow)
-            .where(
-                RowChangeRow.example_id.in_(chunk),
-                RowChangeRow.kind.in_(UNDOABLE),
-                RowChangeRow.reverted_in.is_(None),
-            )
+            .where(RowChangeRow.example_id.in_(chunk), _in_effect())
             .order_by(RowChangeRow.revision.desc())
         )
         for entry in entries:
@@ -180,10 +184,8 @@ def _undo(
 
 
 def _apply(tx: Session, undos: list[_Undo], detail: dict[str, Any], reason: str) -> int:
-    revisions = sorted({e.revision for u in undos for e in u.entries})
-    revision = changes.next_revision(
-        tx, REVERTED, None, len(undos), {**detail, "revisions": revisions}
-    )
+    """Put each row back (or delete it), mark the entries undone, log it all; the revision."""
+    revision = changes.next_revision(tx, REVERTED, None, len(undos), detail)
     now = utcnow()
     logged, gone = [], []
     for undo in undos:
@@ -202,21 +204,15 @@ def _apply(tx: Session, undos: list[_Undo], detail: dict[str, Any], reason: str)
     return revision
 
 
-def _answer(tx: Session, undos: list[_Undo], revision: int, still: ColumnElement[bool]) -> Reverted:
-    """What was reverted, and the rows left as they are because a later write changed them."""
+def _kept(tx: Session, still: ColumnElement[bool]) -> tuple[int, list[KeptRow]]:
+    """Live rows whose entries of the reverted write are still in effect: a later write
+    changed them again. Their count, and the first MAX_NAMED."""
     kept = (
         select(ExampleRow.id, ExampleRow.label, ExampleRow.source, ExampleRow.revision)
         .join(RowChangeRow, RowChangeRow.example_id == ExampleRow.id)
         .where(still)
         .distinct()
     )
-    kept_count = tx.scalar(select(func.count()).select_from(kept.subquery())) or 0
+    count = tx.scalar(select(func.count()).select_from(kept.subquery())) or 0
     named = tx.execute(kept.order_by(ExampleRow.id).limit(MAX_NAMED))
-    return Reverted(
-        deleted=sum(u.after is None for u in undos),
-        restored=sum(u.after is not None for u in undos),
-        kept=[KeptRow(*row) for row in named],
-        kept_count=kept_count,
-        revisions=sorted({e.revision for u in undos for e in u.entries}),
-        revision=revision,
-    )
+    return count, [KeptRow(*row) for row in named]
