@@ -33,13 +33,15 @@ from service.admin_schemas import (
     Relabel,
     RetrainOut,
     RetrainRequest,
+    RevertOut,
+    Storable,
     VersionOut,
 )
 from service.docs import error_responses
 from service.errors import ErrorDetail, RefusedError
 from service.runner import wake_job_runner
 from service.settings import Settings
-from store import Store, examples, jobs, versions
+from store import Store, examples, jobs, revert, versions
 from store.examples import StoredExample
 
 MAX_PAGE = 1000
@@ -49,7 +51,9 @@ bearer = HTTPBearer(
     scheme_name="adminToken", auto_error=False, description="The ADMIN_TOKEN setting."
 )
 MAX_ID = 2**63 - 1  # the databases' integer
-Reason = Annotated[str | None, Query(max_length=500, description="Kept with the deleted rows.")]
+Reason = Annotated[
+    Storable | None, Query(max_length=500, description="Kept with the deleted rows.")
+]
 ExampleId = Annotated[
     int, Path(ge=1, le=MAX_ID, description="The example's id (GET /examples lists them).")
 ]
@@ -95,7 +99,9 @@ class AdminApi:
         add = self.router.add_api_route
         add("/examples", self.add_examples, methods=["POST"], responses=error_responses(409))
         add("/examples", self.list_examples, methods=["GET"])
-        add("/examples", self.delete_source, methods=["DELETE"])
+        add(
+            "/examples", self.delete_source, methods=["DELETE"], responses=error_responses(404, 409)
+        )
         one = "/examples/{example_id}"
         add(one, self.get_example, methods=["GET"], responses=error_responses(404))
         add(one, self.relabel, methods=["PATCH"], responses=error_responses(404, 409))
@@ -173,8 +179,8 @@ class AdminApi:
     def list_examples(
         self,
         request: Request,
-        label: Annotated[str | None, Query(max_length=200)] = None,
-        source: Annotated[str | None, Query(max_length=200)] = None,
+        label: Annotated[Storable | None, Query(max_length=200)] = None,
+        source: Annotated[Storable | None, Query(max_length=200)] = None,
         since: Since = None,
         cursor: Annotated[
             int, Query(ge=0, le=MAX_ID, description="next_cursor of the last page.")
@@ -213,7 +219,7 @@ class AdminApi:
             if problems:
                 raise RefusedError(409, problems[0].msg, problems)
         with self.store.transaction() as tx:
-            changed = examples.relabel(tx, example_id, body.label, "api")
+            changed = examples.relabel(tx, example_id, body.label, body.source)
         if changed is None:
             raise _not_found(example_id)
         return _example_out(changed)
@@ -221,26 +227,43 @@ class AdminApi:
     def delete_example(self, example_id: ExampleId, reason: Reason = None) -> Deleted:
         """Delete one example; it is kept, with the reason, for audit."""
         with self.store.transaction() as tx:
-            gone = examples.delete_where(tx, example_id=example_id, reason=reason)
+            gone = examples.delete_one(tx, example_id, reason)
         if not gone:
             raise _not_found(example_id)
-        return Deleted(deleted=gone)
+        return Deleted(deleted=1)
 
     def delete_source(
         self,
         source: Annotated[
-            str,
+            Storable,
             Query(
                 min_length=1,
                 max_length=200,
-                description="The batch to delete; one example: DELETE /examples/{id}.",
+                description="The source whose work to undo; one example: DELETE /examples/{id}.",
             ),
         ],
+        revision: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=MAX_ID,
+                description="Undo only this write of the source (its POST /examples answer "
+                "names it).",
+            ),
+        ] = None,
         reason: Reason = None,
-    ) -> Deleted:
-        """Delete every example of one source (a bad batch), kept for audit."""
-        with self.store.transaction() as tx:
-            return Deleted(deleted=examples.delete_where(tx, source=source, reason=reason))
+    ) -> RevertOut:
+        """Undo what one source did (a bad batch): rows it created are deleted (kept for
+        audit), labels it changed go back. A row another source changed since keeps that
+        label and is named in `kept`."""
+        try:
+            with self.store.transaction() as tx:
+                undone = revert.revert(tx, source, revision, reason)
+        except revert.RevisionNotFoundError as exc:
+            raise RefusedError(404, str(exc)) from exc
+        except revert.NotRevertibleError as exc:
+            raise RefusedError(409, str(exc)) from exc
+        return RevertOut.model_validate(undone, from_attributes=True)
 
     # --- jobs -----------------------------------------------------------------
     def retrain(self, body: Annotated[RetrainRequest | None, Body()] = None) -> RetrainOut:

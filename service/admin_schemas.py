@@ -11,7 +11,13 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from core.text import MAX_LABEL_CHARS, clean_label, clean_text
+from core.text import (
+    MAX_LABEL_CHARS,
+    check_storable,
+    clean_label,
+    clean_name,
+    clean_text,
+)
 from service.schemas import NOT_A_BOOL
 from service.settings import get_settings
 from store.examples import StoredExample
@@ -19,24 +25,48 @@ from store.jobs import Job, JobState
 
 _settings = get_settings()
 
-# The documented `pattern`: a character `str.strip` keeps, spelled out (JSON Schema's \s
-# is ECMA's, which keeps U+001C), so the schema admits exactly what `core.text` accepts;
-# `core.text` enforces it, with a message that says what is wrong.
+# The documented `pattern`s admit exactly what `core.text` accepts, which enforces them with a
+# message that says what is wrong. Whitespace is spelled out (JSON Schema's \s is ECMA's, which
+# keeps U+001C); U+0000 is refused anywhere (PostgreSQL cannot store it). Lone surrogates,
+# which no database stores either, are no Unicode string, so no pattern can name them (Rust's
+# regex, behind schemathesis, refuses to); pydantic refuses them before `core.text` does.
 _STRIPPED = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
-NOT_BLANK = f"[^{_STRIPPED}]"
+_STORABLE_RUN = "[^\\u0000]*"
+STORABLE = f"^{_STORABLE_RUN}$"
+
+
+def _with_one(char_class: str) -> str:
+    """A pattern: storable throughout, with at least one character of `char_class`."""
+    return f"^{_STORABLE_RUN}{char_class}{_STORABLE_RUN}$"
+
+
+# `core.text.VISIBLE_CATEGORIES`: a letter, number, punctuation mark or symbol.
+NAME = _with_one("[\\p{L}\\p{N}\\p{P}\\p{S}]")
+
 ExampleText = Annotated[
     str,
     StringConstraints(max_length=_settings.max_text_chars),
     AfterValidator(clean_text),
-    Field(json_schema_extra={"pattern": NOT_BLANK}),
+    Field(json_schema_extra={"pattern": _with_one(f"[^{_STRIPPED}\\u0000]")}),
 ]
+# A label or a source: a name a person reads (`core.text.clean_name`).
 Label = Annotated[
     str,
     StringConstraints(max_length=MAX_LABEL_CHARS),
     AfterValidator(clean_label),
-    Field(json_schema_extra={"pattern": NOT_BLANK}),
+    Field(json_schema_extra={"pattern": NAME}),
 ]
-Source = Annotated[str, StringConstraints(max_length=200)]
+Source = Annotated[
+    str,
+    StringConstraints(max_length=MAX_LABEL_CHARS),
+    AfterValidator(clean_name),
+    Field(json_schema_extra={"pattern": NAME}),
+]
+# A query value compared with stored text (label, source, reason): storable, else a 422 on both
+# backends (PostgreSQL refuses U+0000 in a parameter; SQLite would quietly match nothing).
+Storable = Annotated[
+    str, AfterValidator(check_storable), Field(json_schema_extra={"pattern": STORABLE})
+]
 RetrainMode = Literal["auto", "incremental", "refit"]
 # StrictBool: JSON 0 is not false (numbers: service.schemas.NOT_A_BOOL).
 
@@ -50,9 +80,12 @@ class ExampleIn(_Strict):
     label: Label
 
 
+SOURCE = "Who sent this: DELETE /examples?source= undoes what it did."
+
+
 class Intake(_Strict):
     examples: list[ExampleIn] = Field(min_length=1, max_length=_settings.max_examples_per_request)
-    source: Source | None = None
+    source: Source | None = Field(None, description=SOURCE)
     allow_new_labels: StrictBool = Field(
         False, description="Accept labels the active model does not know (the head grows)."
     )
@@ -87,6 +120,7 @@ class RetrainRequest(Intake):
 
 class Relabel(_Strict):
     label: Label
+    source: Source = Field("api", description=SOURCE)
     allow_new_labels: StrictBool = False
 
 
@@ -114,6 +148,29 @@ class ExamplePage(BaseModel):
 
 class Deleted(BaseModel):
     deleted: int
+
+
+class KeptOut(BaseModel):
+    id: int
+    label: str = Field(description="Its label now, set by the later write.")
+    source: str | None
+    revision: int = Field(description="The later write that changed it.")
+
+
+class RevertOut(BaseModel):
+    """What DELETE /examples?source= undid, and what it left because a later write changed it."""
+
+    deleted: int = Field(description="Rows the source created, deleted (kept for audit).")
+    restored: int = Field(description="Rows whose previous label and source came back.")
+    kept: list[KeptOut] = Field(
+        description="Rows the source changed that another source changed again since: "
+        "left as they are (the first 1000); revert that source first to undo both."
+    )
+    kept_count: int
+    revisions: list[int] = Field(description="The writes undone, wholly or in part.")
+    revision: int = Field(
+        description="This revert's revision (the store's revision when nothing was undone)."
+    )
 
 
 class JobOut(BaseModel):

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import functools
 import hmac
-import json
 from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import ALSO_ALLOWED
 from service.dataplane import DataPlane
-from service.docs import merged_openapi
+from service.docs import DOCS_ROUTE, OpenApiDocument
 from service.errors import JSON_MEDIA_TYPE, send_json, send_json_error
 from service.protocols.v2_binary import BinaryRequests
 from service.request_body import RequestGuard
@@ -31,7 +30,6 @@ from service.settings import get_settings
 ADMIN_PREFIXES = ("/examples", "/retrain", "/jobs", "/models")
 V2_PREFIX = "/v2"
 MATCH_CACHE = 4096  # distinct (path, method) pairs remembered
-DOCS_ROUTE = "/docs.json"
 BENTOML_ROUTES = frozenset({PREDICT_ROUTE, "/livez", "/readyz", "/healthz", "/metrics"})
 # BentoML's index page shares "/" with our Hugging Face route (POST).
 BENTOML_SHARED = frozenset({("/", "GET"), ("/", "HEAD")})
@@ -73,6 +71,7 @@ class ApiRoutes:
         self.api_factory = api_factory
         self._api: FastAPI | None = None
         self._guards: list[tuple[tuple[str, ...], ASGIApp]] = []
+        self._document = OpenApiDocument()
 
     def _ensure_api(self) -> FastAPI:
         if self._api is None:
@@ -131,31 +130,4 @@ class ApiRoutes:
         await guard({**scope, ALSO_ALLOWED: also}, receive, send)
 
     async def _docs(self, scope: Scope, send: Send) -> None:
-        bentoml_spec = json.loads(await _get(self.app, scope, DOCS_ROUTE))
-        spec = merged_openapi(bentoml_spec, self._ensure_api())
-        await send_json(send, 200, json.dumps(spec).encode())
-
-
-async def _get(app: ASGIApp, scope: Scope, path: str) -> bytes:
-    """The body `app` answers to a GET of `path`, in-process; `scope` lends the connection."""
-    request: Scope = {
-        **{k: scope.get(k) for k in ("asgi", "http_version", "scheme", "server", "client")},
-        "type": "http",
-        "root_path": "",
-        "method": "GET",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [],
-    }
-    chunks: list[bytes] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(request, receive, send)
-    return b"".join(chunks)
+        await send_json(send, 200, await self._document.body(self.app, scope, self._ensure_api()))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -28,6 +28,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The first release created its tables with create_all and no alembic_version table.
 FIRST_REVISION = "0001"
 _SCHEMA_LOCK_KEY = 0x5E1F7E  # any constant; names our PostgreSQL advisory lock
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -45,9 +46,36 @@ class Base(DeclarativeBase):
     pass
 
 
+IN_CHUNK = 500  # bound parameters per IN (...) query
+
+
+def chunked(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """`values` in slices small enough for one IN (...) list."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def rowcount(result: Any) -> int:
     """Rows an UPDATE or DELETE matched (SQLAlchemy types `execute` as a plain Result)."""
     return int(result.rowcount)
+
+
+def write_lock(tx: Session) -> None:
+    """Make `tx` SQLite's one writer now, before it reads what it is about to change.
+
+    Python's sqlite3 opens a transaction only at the first write, and SQLite
+    ignores FOR UPDATE, so a read-then-write there could act on what another
+    writer committed in between (two versions marked active; a duplicate text
+    passing the check and failing the UNIQUE constraint). BEGIN IMMEDIATE
+    takes the write lock first, waiting up to busy_timeout; a transaction that
+    has written already holds it. PostgreSQL needs nothing here: callers lock
+    the rows they read FOR UPDATE.
+    """
+    connection = tx.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _alembic_config(conn: Connection) -> Any:

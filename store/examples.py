@@ -1,29 +1,27 @@
 """Labeled examples: intake, paging, correction, deletion, and the snapshot a retrain reads.
 
-Every write takes the next *revision* from one counter row, which also stamps
-the rows it touched and logs the change (`example_changes`). The counter's row
-lock orders concurrent writers, so committed revisions are always a prefix:
-"rows with revision > r" is exactly what changed after a snapshot taken at r.
-That is how an incremental retrain finds its new data. Deleted rows move to
-`deleted_examples` with the revision and reason, for audit.
+Every write goes through `store.changes`: it takes the writers' lock before it
+reads, takes the next revision, stamps the rows it touched and logs, per row,
+the label and source before and after. A row's `source` is the source of its
+current label: a relabel moves it to the relabeling source, and a revert
+(`store.revert`) moves it back. Deleted rows move to `deleted_examples` with
+the revision and reason, for audit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import JSON, DateTime, Integer, String, Text, delete, func, select, update
+from sqlalchemy import DateTime, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.text import text_hash
-from store.db import Base, aware, utcnow
-
-REVISION_KEY = "examples_revision"
-_IN_CHUNK = 500  # bound parameters per IN (...) query
+from core.text import clean_name, clean_text, text_hash
+from store import changes
+from store.changes import CREATED, DELETED, RELABELED, RowChange
+from store.db import Base, aware, chunked, utcnow
 
 
 class ExampleRow(Base):
@@ -34,22 +32,10 @@ class ExampleRow(Base):
     text_hash: Mapped[str] = mapped_column(String(64), unique=True)
     text: Mapped[str] = mapped_column(Text)
     label: Mapped[str] = mapped_column(String(200))
-    source: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revision: Mapped[int] = mapped_column(Integer, default=0, index=True)
-
-
-class ChangeRow(Base):
-    """One write to the examples: what kind, how many rows, from where."""
-
-    __tablename__ = "example_changes"
-    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    kind: Mapped[str] = mapped_column(String(16))
-    source: Mapped[str | None] = mapped_column(String(200))
-    count: Mapped[int] = mapped_column(Integer)
-    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class DeletedExampleRow(Base):
@@ -64,12 +50,6 @@ class DeletedExampleRow(Base):
     deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     reason: Mapped[str | None] = mapped_column(Text)
-
-
-class MetaRow(Base):
-    __tablename__ = "store_meta"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[int] = mapped_column(Integer)
 
 
 @dataclass(frozen=True)
@@ -100,12 +80,20 @@ class IntakeResult:
     revision: int
 
 
-class ConflictError(ValueError):
-    """Submitted rows contradict stored ones; nothing of the request was stored."""
+class RowProblemsError(ValueError):
+    """A refusal naming each row's problem as (location, message); nothing was stored."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
         self.problems = problems
+
+
+class ConflictError(RowProblemsError):
+    """Submitted rows contradict stored ones."""
+
+
+class InvalidExamplesError(RowProblemsError):
+    """Rows that break `core.text`'s rules, which every caller of the store is held to."""
 
 
 def _stored(row: ExampleRow) -> StoredExample:
@@ -120,34 +108,35 @@ def _stored(row: ExampleRow) -> StoredExample:
     )
 
 
-def current_revision(tx: Session) -> int:
-    return tx.scalar(select(MetaRow.value).where(MetaRow.key == REVISION_KEY)) or 0
+def _rule_break(loc: str, value: str, clean: Callable[[str], str]) -> list[tuple[str, str]]:
+    """[(loc, why)] if `value` is not what `clean` makes of it, else []."""
+    try:
+        if clean(value) == value:
+            return []
+        return [(loc, "is not stripped of surrounding whitespace")]
+    except ValueError as exc:
+        return [(loc, str(exc))]
 
 
-def _next_revision(
-    tx: Session, kind: str, source: str | None, count: int, detail: dict[str, Any] | None = None
-) -> int:
-    """Take the next revision (locking the counter until commit) and log the change."""
-    revision = tx.scalar(
-        update(MetaRow)
-        .where(MetaRow.key == REVISION_KEY)
-        .values(value=MetaRow.value + 1)
-        .returning(MetaRow.value)
-    )
-    if revision is None:
-        raise RuntimeError("store_meta has no revision counter: run the migrations")
-    tx.add(ChangeRow(revision=revision, kind=kind, source=source, count=count, detail=detail))
-    return int(revision)
+def _rule_breaks(examples: Sequence[NewExample], source: str | None) -> list[tuple[str, str]]:
+    """Where the rows break the text rules: the same refusal on SQLite and PostgreSQL."""
+    problems = _rule_break("source", source, clean_name) if source is not None else []
+    for i, ex in enumerate(examples):
+        problems += _rule_break(f"examples[{i}].text", ex.text, clean_text)
+        problems += _rule_break(f"examples[{i}].label", ex.label, clean_name)
+    return problems
 
 
 def add(
     tx: Session, examples: Sequence[NewExample], source: str | None, relabel: bool = False
 ) -> IntakeResult:
     """Store new examples; exact duplicates are counted, a stored text with another label is
-    relabeled if `relabel`, else the whole request is refused (ConflictError).
-
-    Texts must already be clean (`core.text.clean_text`).
+    relabeled (its source becomes `source`) if `relabel`, else the whole request is refused
+    (ConflictError). Rows breaking `core.text`'s rules refuse it too (InvalidExamplesError).
     """
+    broken = _rule_breaks(examples, source)
+    if broken:
+        raise InvalidExamplesError(broken)
     by_hash: dict[str, tuple[int, NewExample]] = {}
     problems: list[tuple[str, str]] = []
     duplicates = 0
@@ -166,13 +155,8 @@ def add(
             duplicates += 1
             continue
         by_hash[h] = (i, ex)
-    stored: dict[str, ExampleRow] = {}
-    hashes = list(by_hash)
-    for start in range(0, len(hashes), _IN_CHUNK):
-        rows = tx.scalars(
-            select(ExampleRow).where(ExampleRow.text_hash.in_(hashes[start : start + _IN_CHUNK]))
-        )
-        stored.update({row.text_hash: row for row in rows})
+    changes.lock(tx)  # what is stored cannot change between this read and the write
+    stored = {row.text_hash: row for row in _by_hash(tx, list(by_hash))}
     new: list[NewExample] = []
     changed: list[tuple[ExampleRow, str]] = []
     for h, (i, ex) in by_hash.items():
@@ -193,28 +177,44 @@ def add(
             )
     if problems:
         raise ConflictError(problems)
-    revision = current_revision(tx)
-    if new or changed:
-        revision = _next_revision(
-            tx, "added", source, len(new) + len(changed), {"relabeled": len(changed)}
+    if not new and not changed:
+        return IntakeResult(0, 0, duplicates, count(tx), changes.current_revision(tx))
+    revision = changes.next_revision(
+        tx, "added", source, len(new) + len(changed), {"relabeled": len(changed)}
+    )
+    now = utcnow()
+    created = [
+        ExampleRow(
+            text_hash=text_hash(ex.text),
+            text=ex.text,
+            label=ex.label,
+            source=source,
+            created_at=now,
+            updated_at=now,
+            revision=revision,
         )
-        now = utcnow()
-        tx.add_all(
-            ExampleRow(
-                text_hash=text_hash(ex.text),
-                text=ex.text,
-                label=ex.label,
-                source=source,
-                created_at=now,
-                updated_at=now,
-                revision=revision,
-            )
-            for ex in new
-        )
-        for row, label in changed:
-            row.label, row.updated_at, row.revision = label, now, revision
-    tx.flush()
+        for ex in new
+    ]
+    tx.add_all(created)
+    logged = [_relabel(row, label, source, revision, now) for row, label in changed]
+    tx.flush()  # the new rows' ids
+    logged += [RowChange(r.id, CREATED, None, None, r.label, source) for r in created]
+    changes.log_rows(tx, revision, logged)
     return IntakeResult(len(new), len(changed), duplicates, count(tx), revision)
+
+
+def _by_hash(tx: Session, hashes: list[str]) -> Iterable[ExampleRow]:
+    for chunk in chunked(hashes):
+        yield from tx.scalars(select(ExampleRow).where(ExampleRow.text_hash.in_(chunk)))
+
+
+def _relabel(
+    row: ExampleRow, label: str, source: str | None, revision: int, now: datetime
+) -> RowChange:
+    """Give `row` a new label from `source`; returns the log entry saying what it replaced."""
+    change = RowChange(row.id, RELABELED, row.label, row.source, label, source)
+    row.label, row.source, row.updated_at, row.revision = label, source, now, revision
+    return change
 
 
 def count(tx: Session) -> int:
@@ -235,52 +235,57 @@ def page(
     after_id: int = 0,
     limit: int = 100,
 ) -> list[StoredExample]:
-    """Examples with id > `after_id`, oldest first, filtered; at most `limit`."""
+    """Examples with id > `after_id`, oldest first, filtered; at most `limit`.
+
+    `since` is compared in UTC, whatever its offset (a naive time is taken as
+    UTC): SQLite keeps times as UTC text and would drop the offset.
+    """
     query = select(ExampleRow).where(ExampleRow.id > after_id)
     if label is not None:
         query = query.where(ExampleRow.label == label)
     if source is not None:
         query = query.where(ExampleRow.source == source)
     if since is not None:
-        query = query.where(ExampleRow.updated_at >= since)
+        utc = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+        query = query.where(ExampleRow.updated_at >= utc)
     rows = tx.scalars(query.order_by(ExampleRow.id).limit(limit))
     return [_stored(r) for r in rows]
 
 
 def relabel(tx: Session, example_id: int, label: str, source: str | None) -> StoredExample | None:
-    """Correct one label; the row counts as new data for the next incremental retrain."""
-    row = tx.get(ExampleRow, example_id, with_for_update=True)
+    """Correct one label (its source becomes `source`); the row counts as new data for the
+    next incremental retrain. A label breaking `core.text`'s rules: InvalidExamplesError."""
+    broken = _rule_break("label", label, clean_name)
+    broken += _rule_break("source", source, clean_name) if source is not None else []
+    if broken:
+        raise InvalidExamplesError(broken)
+    changes.lock(tx)
+    row = tx.get(ExampleRow, example_id, populate_existing=True)
     if row is None:
         return None
     if row.label != label:
-        revision = _next_revision(
+        revision = changes.next_revision(
             tx, "relabeled", source, 1, {"id": example_id, "from": row.label, "to": label}
         )
-        row.label, row.updated_at, row.revision = label, utcnow(), revision
+        changes.log_rows(tx, revision, [_relabel(row, label, source, revision, utcnow())])
         tx.flush()
     return _stored(row)
 
 
-def delete_where(
-    tx: Session, *, example_id: int | None = None, source: str | None = None, reason: str | None
-) -> int:
-    """Delete one example (by id) or a whole batch (by source); returns how many went.
+def delete_one(tx: Session, example_id: int, reason: str | None) -> bool:
+    """Delete one example; it is kept in `deleted_examples` with this revision and reason."""
+    changes.lock(tx)
+    row = tx.get(ExampleRow, example_id, populate_existing=True)
+    if row is None:
+        return False
+    revision = changes.next_revision(tx, "deleted", None, 1, {"id": example_id, "reason": reason})
+    changes.log_rows(tx, revision, [RowChange(row.id, DELETED, row.label, row.source, None, None)])
+    remove(tx, [row], revision, reason)
+    return True
 
-    Each deleted row is kept in `deleted_examples` with this revision and reason.
-    """
-    query = select(ExampleRow)
-    if example_id is not None:
-        query = query.where(ExampleRow.id == example_id)
-    elif source is not None:
-        query = query.where(ExampleRow.source == source)
-    else:
-        raise ValueError("delete_where needs an id or a source")
-    rows = list(tx.scalars(query))
-    if not rows:
-        return 0
-    revision = _next_revision(
-        tx, "deleted", source, len(rows), {"id": example_id, "reason": reason}
-    )
+
+def remove(tx: Session, rows: Sequence[ExampleRow], revision: int, reason: str | None) -> None:
+    """Move `rows` to `deleted_examples` (revision, reason); the caller logs the change."""
     now = utcnow()
     tx.add_all(
         DeletedExampleRow(
@@ -295,10 +300,8 @@ def delete_where(
         )
         for r in rows
     )
-    ids = [r.id for r in rows]
-    for start in range(0, len(ids), _IN_CHUNK):
-        tx.execute(delete(ExampleRow).where(ExampleRow.id.in_(ids[start : start + _IN_CHUNK])))
-    return len(rows)
+    for chunk in chunked([r.id for r in rows]):
+        tx.execute(delete(ExampleRow).where(ExampleRow.id.in_(chunk)))
 
 
 @dataclass(frozen=True)
@@ -310,8 +313,13 @@ class Snapshot:
 
 
 def snapshot(tx: Session) -> Snapshot:
-    revision = current_revision(tx)
-    rows = tx.scalars(
-        select(ExampleRow).where(ExampleRow.revision <= revision).order_by(ExampleRow.id)
+    """The rows and the revision they were read at, from one statement: one view of the
+    database on both backends, so a write committed meanwhile is in both or in neither."""
+    at = (
+        select(changes.MetaRow.value)
+        .where(changes.MetaRow.key == changes.REVISION_KEY)
+        .scalar_subquery()
     )
-    return Snapshot(revision, tuple(_stored(r) for r in rows))
+    read = list(tx.execute(select(ExampleRow, at.label("at")).order_by(ExampleRow.id)))
+    revision = read[0].at if read else changes.current_revision(tx)
+    return Snapshot(revision, tuple(_stored(r.ExampleRow) for r in read))

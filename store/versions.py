@@ -15,7 +15,7 @@ from sqlalchemy import DateTime, Integer, String, Text, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from store.db import Base, Store, utcnow
+from store.db import Base, Store, utcnow, write_lock
 
 
 class VersionStatus(StrEnum):
@@ -90,7 +90,11 @@ def activate(
     """Make `tag` active and retire the previous one; returns the previous tag.
 
     With `check_expected`, raises ActiveChangedError unless `expected` is active.
+    Activations and promotions run one at a time on both backends: the active
+    row is read under the write lock (SQLite) or FOR UPDATE (PostgreSQL), so a
+    concurrent one waits and then retires what this one made active.
     """
+    write_lock(tx)
     row = tx.get(ActiveRow, model_name, with_for_update=True)
     previous = row.tag if row else None
     if check_expected and previous != expected:

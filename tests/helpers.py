@@ -9,6 +9,7 @@ import contextlib
 import csv
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +108,27 @@ def bentoml_serve(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextmanager
+def serve_copy(
+    root: Path, tiny_version: str, bentoml_home: Path, env: dict[str, str]
+) -> Iterator[Server]:
+    """A ready server of a copy of the session's tiny version, admin API on, its own state
+    and model store (what it stores or registers stays its own), the default body limits."""
+    name = tiny_version.split(":")[0]
+    shutil.copytree(bentoml_home / "models" / name, root / "home" / "models" / name)
+    extra = {
+        "BENTOML_HOME": str(root / "home"),
+        "STATE_DIR": str(root / "state"),
+        "ADMIN_TOKEN": TOKEN,
+        "MAX_BODY_BYTES": "1048576",  # schemathesis' valid bodies can pass the tests' 16 KiB
+        "RETRAIN_TIMEOUT_S": "10",  # the jobs a test queues end quickly
+        **env,
+    }
+    with bentoml_serve(name, root / "bentoml.log", extra) as running:
+        wait_until(f"{running.url}/readyz", 200)
+        yield running
 
 
 def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:

@@ -29,6 +29,7 @@ OUTPUTS = {"label": "BYTES", "score": "FP32", "scores": "FP32"}
 PROTOCOL_VERSION = "2"
 Parameters = dict[str, Any]
 _TEXTS = TypeAdapter(Texts)
+_END = object()
 
 
 class TensorMetadata(BaseModel):
@@ -107,27 +108,47 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-def _flat(data: list[Any]) -> list[Any]:
-    return [x for item in data for x in (_flat(item) if isinstance(item, list) else [item])]
+def _flat(data: list[Any], limit: int) -> list[Any]:
+    """`data` flattened, stopping once it holds more than `limit` elements: a small shape
+    over a body of a million tiny elements costs no more than the shape allows."""
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack and len(flat) <= limit:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            flat.append(item)
+    return flat
 
 
 def _texts(body: InferenceRequest) -> list[str]:
-    """The request's texts, checked against the model's one input and /predict's limits."""
+    """The request's texts, checked against the model's one input and /predict's limits.
+
+    The shape is checked before `data` is read, so an oversized request is refused
+    without walking it.
+    """
     if len(body.inputs) != 1 or body.inputs[0].name != INPUT:
         names = ", ".join(repr(i.name) for i in body.inputs)
         raise RefusedError(400, f"this model takes one input named {INPUT!r}; got {names}")
     tensor = body.inputs[0]
     if tensor.datatype != "BYTES":
         raise RefusedError(400, f"input {INPUT!r} is BYTES (text); got {tensor.datatype}")
-    texts = _flat(tensor.data)
-    count = 1
-    for size in tensor.shape:
-        count *= size
-    if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]) or count != len(texts):
+    shape, limit = tensor.shape, get_settings().max_texts_per_request
+    if len(shape) not in (1, 2) or shape[1:] not in ([], [1]) or not 0 <= shape[0] <= limit:
         raise RefusedError(
             400,
-            f"input {INPUT!r}: shape {tensor.shape} must be [N] (or [N, 1]) for its "
-            f"{len(texts)} element(s)",
+            f"input {INPUT!r}: shape {shape} must be [N] (or [N, 1]) with N at most "
+            f"{limit} (MAX_TEXTS_PER_REQUEST)",
+        )
+    texts = _flat(tensor.data, shape[0])
+    if len(texts) != shape[0]:
+        raise RefusedError(
+            400,
+            f"input {INPUT!r}: shape {shape} says {shape[0]} element(s); data holds "
+            f"{'more' if len(texts) > shape[0] else len(texts)}",
         )
     if not all(isinstance(t, str) for t in texts):
         raise RefusedError(400, f"input {INPUT!r}: every element must be a string")

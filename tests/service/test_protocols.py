@@ -242,6 +242,25 @@ def test_v2_refuses_too_many_texts_like_predict(client: httpx.Client, server: Se
     assert "at most" in response.json()["error"]
 
 
+def test_a_binary_request_of_too_many_elements_is_refused_before_they_are_decoded(
+    client: httpx.Client, server: Server
+) -> None:
+    """The decode runs in the event loop: it stops past MAX_TEXTS_PER_REQUEST elements."""
+    n = int(LIMITS["MAX_TEXTS_PER_REQUEST"]) * 100
+    raw = b"\x00\x00\x00\x00" * n  # n empty texts
+    tensor = {"name": "text", "shape": [n], "datatype": "BYTES"}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+
+    response = client.post(
+        f"/v2/models/{server.model_name}/infer",
+        content=header.encode() + raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+    assert response.status_code == 400
+    assert "more than 32 BYTES elements" in response.json()["error"]
+
+
 def test_a_broken_binary_request_is_a_400(client: httpx.Client, server: Server) -> None:
     header = json.dumps(
         {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import AUTH, TOKEN, Server, bentoml_serve, wait_until
+from tests.helpers import AUTH, LIMITS, TOKEN, Server, serve_copy
 
 ADMIN_PATHS = {
     "/examples",
@@ -39,19 +38,7 @@ PROTOCOL_PATHS = {"/", "/v2", "/v2/models/{name}", "/v2/models/{name}/infer"}
 def _server(
     tmp_path_factory: pytest.TempPathFactory, tiny_version: str, bentoml_home: Path, **env: str
 ) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("surface")
-    name = tiny_version.split(":")[0]
-    shutil.copytree(bentoml_home / "models" / name, root / "home" / "models" / name)
-    extra = {
-        "BENTOML_HOME": str(root / "home"),
-        "STATE_DIR": str(root / "state"),
-        "ADMIN_TOKEN": TOKEN,
-        "MAX_BODY_BYTES": "1048576",  # schemathesis' valid bodies can pass the tests' 16 KiB
-        "RETRAIN_TIMEOUT_S": "10",  # the jobs it queues end quickly
-        **env,
-    }
-    with bentoml_serve(name, root / "bentoml.log", extra) as running:
-        wait_until(f"{running.url}/readyz", 200)
+    with serve_copy(tmp_path_factory.mktemp("surface"), tiny_version, bentoml_home, env) as running:
         yield running
 
 
@@ -74,6 +61,17 @@ def test_docs_describe_every_route_with_its_security_and_errors(admin_server: Se
     predict = spec["paths"]["/predict"]["post"]["responses"]
     assert {"200", "400", "413", "415", "500", "503", "504"} <= set(predict)
     assert predict["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
+
+
+def test_the_document_is_built_once_per_worker(admin_server: Server) -> None:
+    """Anyone who reaches the port may call /docs.json: rebuilt per call, ten calls a
+    second filled a worker's event loop."""
+    bodies = {httpx.get(f"{admin_server.url}/docs.json").content for _ in range(20)}
+
+    assert len(bodies) == 1
+    time.sleep(1)  # the workers write their log lines asynchronously
+    built = admin_server.log.read_text().count("/docs.json built")
+    assert 1 <= built <= int(LIMITS["WORKERS"])
 
 
 def test_schemathesis_finds_nothing_against_the_documented_api(

@@ -1,4 +1,4 @@
-"""A database made by the first release upgrades in place, with every row kept.
+"""Databases made by earlier releases upgrade in place, with every row kept.
 
 The old schema comes from the first release's own code: `service/store.py` as of
 commit 914ae71, the last before migrations, kept verbatim in
@@ -8,15 +8,25 @@ commit 914ae71, the last before migrations, kept verbatim in
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from sqlalchemy import create_engine, inspect
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, inspect, select
 
+from core.text import text_hash
 from store import Store, examples, jobs, versions
+from store.changes import ChangeRow
+from store.db import MIGRATIONS, make_engine
 from store.examples import NewExample
 from store.jobs import JobState
+from store.revert import NotRevertibleError, revert
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,7 +69,68 @@ def test_a_first_release_database_migrates_in_place_with_nothing_lost(
         added = examples.add(tx, [NewExample("a new text", "neg")], "tool")
     assert added.revision == 2 and added.total == 51
     with store.transaction() as tx:  # the newest id, deleted, is not handed out again
-        assert examples.delete_where(tx, example_id=51, reason="typo") == 1
+        assert examples.delete_one(tx, 51, reason="typo")
         examples.add(tx, [NewExample("another new text", "neg")], "tool")
         assert [e.id for e in examples.page(tx, after_id=50)] == [52]
     Store(database_url)  # opening again is a no-op
+
+
+def _made_by_0003(url: str) -> None:
+    """A database at revision 0003 holding what that release wrote: a batch, and a batch
+    relabel whose change log kept only a count (the labels it replaced were lost)."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        now = datetime.now(UTC)
+        rows = [("a", "x", "orig", 2), ("b", "y", "orig", 1)]  # "a" was relabeled at 2
+        for text, label, source, revision in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO examples (text_hash, text, label, source, created_at, "
+                    "updated_at, revision) VALUES (:h, :t, :l, :s, :now, :now, :r)"
+                ),
+                {"h": text_hash(text), "t": text, "l": label, "s": source, "now": now,
+                 "r": revision},
+            )  # fmt: skip
+        for revision, detail in ((1, {"relabeled": 0}), (2, {"relabeled": 1})):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO example_changes (revision, at, kind, source, count, detail) "
+                    "VALUES (:r, :now, 'added', :s, :n, :d)"
+                ),
+                {"r": revision, "now": now, "s": "orig" if revision == 1 else "bad",
+                 "n": 2 if revision == 1 else 1, "d": json.dumps(detail)},
+            )  # fmt: skip
+        conn.execute(sa.text("UPDATE store_meta SET value = 2"))
+        conn.commit()
+    engine.dispose()
+
+
+def test_a_0003_database_upgrades_keeps_its_change_log_and_reverts_from_then_on(
+    database_url: str,
+) -> None:
+    _made_by_0003(database_url)
+
+    store = Store(database_url)
+    with store.transaction() as tx:
+        log = tx.execute(select(ChangeRow.revision, ChangeRow.source, ChangeRow.detail))
+        assert sorted(log) == [(1, "orig", {"relabeled": 0}), (2, "bad", {"relabeled": 1})]
+        assert [(e.text, e.label) for e in examples.page(tx)] == [("a", "x"), ("b", "y")]
+        after = examples.add(tx, [NewExample("a", "z")], "fix", relabel=True)
+    assert after.revision == 3
+    with store.transaction() as tx:
+        reverted = revert(tx, "fix")  # logged per row since the upgrade: the label comes back
+    assert (reverted.restored, reverted.revisions) == (1, [3])
+    with store.transaction() as tx:
+        assert [(e.text, e.label, e.source) for e in examples.page(tx)] == [
+            ("a", "x", "orig"),
+            ("b", "y", "orig"),
+        ]
+    with pytest.raises(NotRevertibleError, match="migration 0004"), store.transaction() as tx:
+        revert(tx, "orig", 1)
+    with store.transaction() as tx:
+        gone = revert(tx, "orig")  # no per-row history: deleted, as DELETE ?source= did
+    assert gone.deleted == 2

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from store import Store, examples, jobs, versions
-from store.examples import ConflictError, DeletedExampleRow, NewExample
+from store.examples import ConflictError, DeletedExampleRow, InvalidExamplesError, NewExample
 from store.jobs import JobState
+from store.revert import revert
 from store.versions import ActiveChangedError
 
 
@@ -54,15 +55,17 @@ def test_every_change_moves_the_revision_and_stamps_what_it_touched(store: Store
         relabeled = examples.relabel(tx, 2, "x", "api")
     assert relabeled is not None and relabeled.revision == 2 and relabeled.label == "x"
     with store.transaction() as tx:
-        assert examples.delete_where(tx, example_id=3, reason="typo") == 1
+        assert examples.delete_one(tx, 3, reason="typo")
         snap = examples.snapshot(tx)
     assert snap.revision == 3
     assert [(r.id, r.label, r.revision) for r in snap.rows] == [(1, "x", 1), (2, "x", 2)]
     with store.transaction() as tx:
-        assert examples.delete_where(tx, source="batch", reason="bad batch") == 2
-        assert examples.count(tx) == 0
+        reverted = revert(tx, "batch", reason="bad batch")
+        assert examples.count(tx) == 1  # row 2's label is the api's now: kept
         deleted = tx.scalars(select(DeletedExampleRow.id)).all()
-    assert sorted(deleted) == [1, 2, 3]  # kept for audit
+    assert (reverted.deleted, reverted.revision) == (1, 4)
+    assert [k.id for k in reverted.kept] == [2]
+    assert sorted(deleted) == [1, 3]  # kept for audit
 
 
 def test_examples_page_by_cursor_and_filter(store: Store) -> None:
@@ -163,11 +166,54 @@ def test_an_id_is_never_handed_out_again_after_its_example_is_deleted(store: Sto
     add(store, [("first", "pos"), ("second", "neg")])
     with store.transaction() as tx:
         newest = max(r.id for r in examples.page(tx, after_id=0, limit=10))
-        assert examples.delete_where(tx, example_id=newest, reason="typo") == 1
+        assert examples.delete_one(tx, newest, reason="typo")
     add(store, [("third", "pos")])
     with store.transaction() as tx:
         [third] = examples.page(tx, after_id=newest, limit=10)
         assert third.text == "third" and third.id > newest
-        assert examples.delete_where(tx, example_id=third.id, reason="typo") == 1
+        assert examples.delete_one(tx, third.id, reason="typo")
         audited = tx.scalars(select(DeletedExampleRow.text)).all()
     assert sorted(audited) == ["second", "third"]
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "source", "where", "why"),
+    [
+        ("nul\x00inside", "pos", "tool", "examples[0].text", "U+0000"),
+        ("fine", "p\x00s", "tool", "examples[0].label", "U+0000"),
+        ("fine", "pos", "to\x00l", "source", "U+0000"),
+        ("lone \ud800 surrogate", "pos", "tool", "examples[0].text", "surrogate U+D800"),
+        ("fine", "\u200b", "tool", "examples[0].label", "no visible character"),
+        ("fine", "\u200b\u00a0\ufe0f", "tool", "examples[0].label", "no visible character"),
+        ("fine", "pos", "\u2060", "source", "no visible character"),
+        ("fine", " pos", "tool", "examples[0].label", "not stripped"),
+    ],
+)
+def test_text_either_backend_cannot_store_is_refused_on_both_naming_the_row(
+    store: Store, text: str, label: str, source: str, where: str, why: str
+) -> None:
+    """One rule: SQLite would store NUL where PostgreSQL fails the whole batch with no row."""
+    with pytest.raises(InvalidExamplesError) as refused:
+        add(store, [("a good row", "pos"), (text, label)][::-1], source)
+    assert [loc for loc, _ in refused.value.problems] == [where]
+    assert why in refused.value.problems[0][1]
+    with store.transaction() as tx:
+        assert examples.count(tx) == 0
+    add(store, [("a good row", "pos")], "tool")
+    with (
+        pytest.raises(InvalidExamplesError, match="label: has no visible"),
+        store.transaction() as tx,
+    ):
+        examples.relabel(tx, 1, "\u200b", "tool")
+
+
+@pytest.mark.parametrize("offset", ["+05:00", "Z", "-08:00"])
+def test_since_is_compared_in_utc_whatever_offset_is_sent(store: Store, offset: str) -> None:
+    add(store, [("stored just now", "pos")])
+    hours = {"+05:00": 5, "Z": 0, "-08:00": -8}[offset]
+    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    local = ten_minutes_ago.astimezone(timezone(timedelta(hours=hours)))
+    in_ten_minutes = local + timedelta(minutes=20)
+    with store.transaction() as tx:
+        assert [e.text for e in examples.page(tx, since=local)] == ["stored just now"]
+        assert examples.page(tx, since=in_ten_minutes) == []
