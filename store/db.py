@@ -28,6 +28,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The first release created its tables with create_all and no alembic_version table.
 FIRST_REVISION = "0001"
 _SCHEMA_LOCK_KEY = 0x5E1F7E  # any constant; names our PostgreSQL advisory lock
+PG_DISK_FULL = "53100"  # SQLSTATE disk_full: "could not extend file ...: No space left on device"
 
 
 def utcnow() -> datetime:
@@ -43,6 +44,17 @@ def aware(value: datetime | None) -> Any:
 
 class Base(DeclarativeBase):
     pass
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when a database error means its disk is full: SQLite's SQLITE_FULL ("database
+    or disk is full") or PostgreSQL's disk_full (SQLSTATE 53100). The failed transaction
+    was rolled back, so what was committed before is intact."""
+    cause = getattr(exc, "orig", None) or exc
+    return (
+        getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(cause, "sqlstate", None) == PG_DISK_FULL
+    )
 
 
 def rowcount(result: Any) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import onnxruntime as ort
+import sqlalchemy as sa
 
 from tests.tiny_model import FILLER, NEGATIVE, NEUTRAL, POSITIVE
 
@@ -218,7 +219,7 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = 240) -> d
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}", headers=AUTH).json()
-        if job["state"] in ("succeeded", "rejected", "failed"):
+        if job["state"] in ("succeeded", "rejected", "failed", "cancelled"):
             return job
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
@@ -296,3 +297,36 @@ class CountingRuns:
     def run(self, *args: object) -> object:
         self.runs += 1
         return self.session.run(*args)
+
+
+@contextmanager
+def database_down(url: str) -> Iterator[None]:
+    """Every job write fails while the block runs, as with a database that is down.
+
+    PostgreSQL: the database refuses new connections and its open ones are
+    terminated (the pool's pre-ping then fails too). SQLite, a file that cannot
+    go away while open: the jobs table is renamed away, so each statement on it fails.
+    """
+    target = sa.make_url(url)
+    sqlite = target.get_backend_name() == "sqlite"
+    if sqlite:
+        engine = sa.create_engine(url)
+        down, up = "ALTER TABLE jobs RENAME TO jobs_away", "ALTER TABLE jobs_away RENAME TO jobs"
+    else:
+        engine = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        down = f'ALTER DATABASE "{target.database}" WITH ALLOW_CONNECTIONS false'
+        up = f'ALTER DATABASE "{target.database}" WITH ALLOW_CONNECTIONS true'
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(down)
+            if not sqlite:
+                conn.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = :name AND pid <> pg_backend_pid()"),
+                    {"name": target.database},
+                )  # fmt: skip
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(up)
+        engine.dispose()
