@@ -11,6 +11,7 @@ artifacts. Only `bentoml`, the standard library and JSON: no torch.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,3 +161,25 @@ def list_versions(name: str) -> list[ModelVersion]:
 def latest(name: str) -> ModelVersion | None:
     versions = list_versions(name)
     return versions[0] if versions else None
+
+
+def delete(tag: str) -> bool:
+    """Remove a version from the model store (version retention); False if it was gone.
+
+    READY goes first, so our readers skip the version while BentoML removes the rest.
+    """
+    try:
+        path = Path(bentoml.models.get(tag).path)
+    except NotFound:
+        return False
+    (path / READY_FILE).unlink(missing_ok=True)
+    try:
+        bentoml.models.delete(tag)
+    except NotFound:
+        return False
+    return True
+
+
+def store_dir() -> Path:
+    """The model store's folder: BentoML's home (BENTOML_HOME, default ~/bentoml) + models/."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"

@@ -102,6 +102,19 @@ class Settings(RetrainSettings):
         description="Close the standby after this long without a job (since start-up or the "
         "last job); the next job starts cold and brings it back.",
     )
+    retain_versions: int = Field(
+        5,
+        ge=0,
+        description="Rejected, retired and abandoned versions kept, most recently changed "
+        "first; older ones are deleted, with their job logs, after each job. The active "
+        "version, its rollback target and their incremental chains are always kept.",
+    )
+    retain_version_days: float = Field(
+        30.0,
+        ge=0,
+        description="Nor is one of those kept longer than this many days after its status "
+        "last changed; 0: no age limit.",
+    )
     retrain_pod_template: str = Field(
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
     )
