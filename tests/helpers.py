@@ -9,6 +9,7 @@ import contextlib
 import csv
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -239,11 +240,29 @@ def wait_for_version(client: httpx.Client, version: str, timeout_s: float = 20) 
         time.sleep(0.2)
 
 
+def own_model_store(root: Path, bentoml_home: Path, name: str) -> Path:
+    """A BENTOML_HOME under `root` holding a copy of the session's versions of `name`:
+    what a server there registers or deletes, no other test sees."""
+    home = root / "home"
+    shutil.copytree(bentoml_home / "models" / name, home / "models" / name)
+    return home
+
+
 class Retrainer:
-    """A server with admin enabled, its own model, and its own database."""
+    """A server with admin enabled, its own model, and its own database.
+
+    `first`: the version to start from, already in the store the server uses
+    (BENTOML_HOME in `extra`, e.g. `own_model_store`); else one is fitted here.
+    """
 
     def __init__(
-        self, root: Path, name: str, base: Path, data: Path, extra: dict[str, str]
+        self,
+        root: Path,
+        name: str,
+        base: Path,
+        data: Path,
+        extra: dict[str, str],
+        first: str | None = None,
     ) -> None:
         self.name = name
         self.state = root / "state"
@@ -265,7 +284,7 @@ class Retrainer:
         }
         # The hash split, as `make serve` trains the first model: the active version's
         # evaluation texts are then held out from it as well as from every candidate.
-        self.first = fit_tiny(base, data, name, "--split", "hash")
+        self.first = first or fit_tiny(base, data, name, "--split", "hash")
 
     def serve(self) -> Any:
         return bentoml_serve(self.name, self.log, self.env)

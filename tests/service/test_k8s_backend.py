@@ -12,7 +12,7 @@ import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,32 +30,11 @@ from service.runner import JobRunner, make_backend
 from service.settings import Settings
 from store import Store, jobs
 from store.jobs import Job, JobState
-from tests.deploy.conftest import Manifest, render
+from tests.deploy.conftest import Manifest
 from tests.deploy.manifests import build_retrain_job
-from tests.fake_k8s import FakeKubernetes, fake_kubernetes, write_kubeconfig
+from tests.fake_k8s import NAMESPACE, TEMPLATE, FakeKubernetes, write_kubeconfig
 
-NAMESPACE = "selftune"
-TEMPLATE = "selftune-retrain"
 TIMEOUT_S = 60
-
-
-@pytest.fixture(scope="module")
-def podtemplate() -> Manifest:
-    """The retrain PodTemplate exactly as `kubectl apply -k k8s/overlays/scaled` sends it."""
-    [template] = [
-        o
-        for o in render("scaled")
-        if o["kind"] == "PodTemplate" and o["metadata"]["name"] == TEMPLATE
-    ]
-    assert template["metadata"]["namespace"] == NAMESPACE
-    return template
-
-
-@pytest.fixture
-def fake(podtemplate: Manifest) -> Iterator[FakeKubernetes]:
-    with fake_kubernetes() as server:
-        server.add_podtemplate(podtemplate)
-        yield server
 
 
 STALE_S = 1.0

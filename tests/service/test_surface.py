@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import AUTH, TOKEN, Server, bentoml_serve, wait_until
+from tests.helpers import AUTH, TOKEN, Server, bentoml_serve, own_model_store, wait_until
 
 ADMIN_PATHS = {
     "/examples",
@@ -29,6 +28,7 @@ ADMIN_PATHS = {
     "/retrain",
     "/jobs",
     "/jobs/{job_id}",
+    "/jobs/{job_id}/cancel",
     "/models",
     "/models/{version}/activate",
 }
@@ -41,9 +41,8 @@ def _server(
 ) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("surface")
     name = tiny_version.split(":")[0]
-    shutil.copytree(bentoml_home / "models" / name, root / "home" / "models" / name)
     extra = {
-        "BENTOML_HOME": str(root / "home"),
+        "BENTOML_HOME": str(own_model_store(root, bentoml_home, name)),
         "STATE_DIR": str(root / "state"),
         "ADMIN_TOKEN": TOKEN,
         "MAX_BODY_BYTES": "1048576",  # schemathesis' valid bodies can pass the tests' 16 KiB
