@@ -58,7 +58,7 @@ from retrain_helpers import (
 from sklearn.metrics import f1_score
 
 from core.text import EVAL_FRACTION, in_eval_split
-from service.runner import STANDBY_LOG
+from service.local_backend import STANDBY_LOG
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ class Service:
             raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
         if self.env.get("RETRAIN_STANDBY", "true").lower() in ("false", "0"):
             return
-        # A service in use has had time to start its standbys (service/runner.py): so
+        # A service in use has had time to start its standbys (service/local_backend.py): so
         # the first job after a restart starts warm like every later one.
         workers = int(self.env.get("WORKERS") or os.cpu_count() or 1)  # Settings' default
         while time.monotonic() < deadline:

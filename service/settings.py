@@ -119,7 +119,7 @@ class Settings(RetrainSettings):
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
     )
     pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")
-    # The level a local retrain starts at, in a session of its own (service/runner.py);
+    # The level a local retrain starts at, in a session of its own (service/local_backend.py);
     # under contention RETRAIN_SLOWDOWN then raises it as far as the job can afford
     # (retrain/cpu_share.py). A fixed level could not hold both bounds: at 10 it starved
     # under 64 predict clients (~13x its quiet time), at 0 predict p99 rose 2-2.9x

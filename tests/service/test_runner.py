@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from service.runner import STANDBY_LOG, JobRunner, LocalBackend, LocalProcess, RunningJob
+from service.local_backend import STANDBY_LOG, LocalBackend, LocalProcess
+from service.runner import JobRunner, RunningJob
 from service.settings import Settings
 from store import Store, jobs
 from store.jobs import HEARTBEAT_SECONDS, Job, JobState
