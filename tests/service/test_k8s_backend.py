@@ -380,3 +380,23 @@ def test_the_runner_of_a_cancelled_job_deletes_its_kubernetes_job(
     assert not run.poll.is_alive()
     assert fake.job(NAMESPACE, run.name) is None
     assert job_of(run.store, run.job.id).state == JobState.CANCELLED
+
+
+def test_a_job_taken_over_keeps_its_time_limit_from_its_start(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = launched_by_runner(fake, tmp_path, monkeypatch, active=False)
+    run.runner.stop()
+    run.poll.join(timeout=15)
+    time.sleep(10.5)  # past RETRAIN_TIMEOUT_S (10 s here) since the job started
+    short = settings().model_copy(update={"retrain_timeout_s": 10})
+    other = JobRunner(run.store, make_backend(short), short)
+    before = len(fake.requests)
+
+    assert other.poll_once() is not None
+
+    ended = job_of(run.store, run.job.id)
+    assert ended.state == JobState.FAILED and "timed out after 10 s" in (ended.error or "")
+    # At once: one look at the Job's status, then it is deleted with the job.
+    calls = [r.method for r in fake.requests[before:] if r.path.endswith(run.name)]
+    assert calls == ["GET", "DELETE"]
