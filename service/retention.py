@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
+from bentoml.exceptions import BentoMLException
+
 from core import registry
 from core.registry import ModelVersion
 from service.settings import Settings
@@ -99,7 +101,12 @@ def apply_retention(store: Store, settings: Settings) -> list[str]:
         with store.transaction() as tx:
             if not versions.mark_deleted(tx, name, tag, states[tag].status, reason):
                 continue  # another replica took it, or it was activated meanwhile
-        registry.delete(tag)
+        try:
+            registry.delete(tag)
+        except (OSError, BentoMLException) as exc:  # e.g. a file another process holds open
+            log.error("version=%s is marked deleted but its folder could not be removed (%s); "
+                      "remove it with `bentoml models delete %s`", tag, exc, tag)  # fmt: skip
+            continue
         deleted.append(tag)
         log.info("version=%s deleted (was %s): %s", tag, states[tag].status, reason)
     _delete_job_logs(store, settings)

@@ -4,8 +4,10 @@ what is deleted with its job log, and that two replicas never delete one version
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -157,3 +159,29 @@ def test_a_version_is_marked_deleted_once_and_never_while_active(
         active = versions.mark_deleted(tx, name, activated, VersionStatus.REJECTED, "r")
 
     assert (first, second, active) == (True, False, False)
+
+
+def test_a_version_whose_folder_cannot_be_removed_is_named_and_the_others_still_go(
+    tiny_version: str, name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As when another process holds a file open on a network volume (NFS: EBUSY)."""
+    if os.geteuid() != 0:
+        pytest.skip("a folder that cannot be removed is made with a mount, which needs root")
+    settings = Settings(model_name=name, state_dir=tmp_path, retain_versions=0)
+    store = Store(settings.resolved_database_url)
+    other, stuck = register(tiny_version, name, tmp_path), register(tiny_version, name, tmp_path)
+    for tag in (other, stuck):  # `stuck` last: the newest, tried first
+        set_status(store, name, tag, VersionStatus.REJECTED)
+    busy = registry.get(stuck).path / "busy"
+    busy.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(busy)], check=True)
+    try:
+        with caplog.at_level(logging.ERROR, logger="service.retention"):
+            deleted = apply_retention(store, settings)
+    finally:
+        subprocess.run(["umount", str(busy)], check=True)
+
+    assert deleted == [other]
+    assert f"version={stuck} is marked deleted but its folder could not be removed" in caplog.text
+    assert f"remove it with `bentoml models delete {stuck}`" in caplog.text
+    assert registry.list_versions(name) == []  # the half-removed folder is skipped, not fatal
