@@ -46,7 +46,7 @@ import httpx
 import psutil
 
 from core.runtime import Classifier
-from service.runner import STANDBY_LOG
+from service.local_backend import STANDBY_LOG
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

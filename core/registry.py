@@ -10,7 +10,9 @@ artifacts. Only `bentoml`, the standard library and JSON: no torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,15 +150,50 @@ def get(tag: str) -> ModelVersion:
 
 
 def list_versions(name: str) -> list[ModelVersion]:
-    """Every version of `name`, newest first; empty when there is none."""
-    try:
-        models = bentoml.models.list(name)
-    except NotFound:
+    """Every complete version of `name`, newest first; empty when there is none.
+
+    Folder by folder, skipping any without READY: `bentoml.models.list` parses
+    every folder and fails on one being written, or being removed (`delete`),
+    by another process on the same store.
+    """
+    folder = store_dir() / name
+    if not folder.is_dir():
         return []
-    versions = [_from_model(m) for m in models if (Path(m.path) / READY_FILE).exists()]
+    versions = []
+    for entry in folder.iterdir():
+        if entry.is_dir() and (entry / READY_FILE).exists():
+            with contextlib.suppress(VersionNotFoundError):  # removed since
+                versions.append(get(f"{name}:{entry.name}"))
     return sorted(versions, key=lambda v: v.created, reverse=True)
 
 
 def latest(name: str) -> ModelVersion | None:
     versions = list_versions(name)
     return versions[0] if versions else None
+
+
+def delete(tag: str) -> bool:
+    """Remove a version from the model store (version retention); False if it was gone.
+
+    READY goes first, so our readers skip the version while BentoML removes the rest.
+    """
+    try:
+        path = Path(bentoml.models.get(tag).path)
+    except NotFound:
+        return False
+    (path / READY_FILE).unlink(missing_ok=True)
+    try:
+        bentoml.models.delete(tag)
+    except NotFound:
+        return False
+    except BentoMLException:
+        # Removed, then BentoML re-reads the other versions to re-point its "latest"
+        # file, which fails on one being written or removed beside it: not our concern.
+        if path.exists():
+            raise
+    return True
+
+
+def store_dir() -> Path:
+    """The model store's folder: BentoML's home (BENTOML_HOME, default ~/bentoml) + models/."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"

@@ -14,7 +14,7 @@ halved; that was the load's connections piled on one worker, which
 service/balance.py now evens out).
 
 The level moved is the autogroup's (`/proc/self/autogroup`): the local backend
-starts each retrain in a session of its own (service/runner.py), where that is
+starts each retrain in a session of its own (service/local_backend.py), where that is
 what ranks it against the serving workers, and any process may raise or lower
 its own autogroup's nice between 0 and 19. Without autogroup there is nothing
 to steer (an unprivileged process can only raise its nice), and it stays at

@@ -16,11 +16,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, Security
 from fastapi.security import HTTPBearer
 from pydantic import BeforeValidator
+from sqlalchemy.orm import Session
 
 from core import registry
 from core.text import EVAL_FRACTION, in_eval_split
 from service.admin_schemas import (
     Activated,
+    CancelRequest,
     Deleted,
     ExampleIn,
     ExampleOut,
@@ -39,10 +41,12 @@ from service.admin_schemas import (
 )
 from service.docs import error_responses
 from service.errors import ErrorDetail, RefusedError
-from service.runner import wake_job_runner
+from service.runner import stop_cancelled, wake_job_runner
 from service.settings import Settings
 from store import Store, examples, jobs, revert, versions
 from store.examples import StoredExample
+from store.jobs import Job, JobFinishedError
+from store.versions import VersionStatus
 
 MAX_PAGE = 1000
 LIST_PARAMS = frozenset({"label", "source", "since", "cursor", "limit"})
@@ -57,6 +61,7 @@ Reason = Annotated[
 ExampleId = Annotated[
     int, Path(ge=1, le=MAX_ID, description="The example's id (GET /examples lists them).")
 ]
+JobId = Annotated[str, Path(max_length=100, description="The job's id (GET /jobs lists them).")]
 
 
 def _iso_time(value: object) -> object:
@@ -85,6 +90,23 @@ def _not_found(example_id: int) -> RefusedError:
     return RefusedError(404, f"no example {example_id}; GET /examples lists them")
 
 
+def _queued(job: Job, joined: bool, intake: IntakeOut | None) -> RetrainOut:
+    if not joined:
+        message = f"queued as job {job.id}; poll GET /jobs/{job.id}"
+    else:
+        stored = " with the examples stored now" if intake and intake.accepted else ""
+        message = (
+            f"an identical retrain (mode and training settings) is already queued as job "
+            f"{job.id}: this request joined it instead of queueing another; it trains on "
+            f"everything stored when it starts{stored}; poll GET /jobs/{job.id}"
+        )
+    return RetrainOut(job_id=job.id, deduplicated=joined, message=message, intake=intake)
+
+
+def _no_job(job_id: str) -> RefusedError:
+    return RefusedError(404, f"no job {job_id!r}; GET /jobs lists them")
+
+
 class AdminApi:
     """The admin routes over one store; `router` is what the service mounts."""
 
@@ -94,7 +116,7 @@ class AdminApi:
         self.router = APIRouter(
             tags=["admin"],
             dependencies=[Security(bearer)],
-            responses=error_responses(400, 401, 403, 413, 415, 422, 500),
+            responses=error_responses(400, 401, 403, 413, 415, 422, 500, 507),
         )
         add = self.router.add_api_route
         add("/examples", self.add_examples, methods=["POST"], responses=error_responses(409))
@@ -115,6 +137,12 @@ class AdminApi:
         )
         add("/jobs", self.list_jobs, methods=["GET"])
         add("/jobs/{job_id}", self.get_job, methods=["GET"], responses=error_responses(404))
+        add(
+            "/jobs/{job_id}/cancel",
+            self.cancel_job,
+            methods=["POST"],
+            responses=error_responses(404, 409),
+        )
         add("/models", self.list_models, methods=["GET"])
         add(
             "/models/{version:path}/activate",
@@ -161,14 +189,26 @@ class AdminApi:
                     if new
                     else None
                 )
-                job = jobs.create(tx, self.settings.model_name, job_params) if job_params else None
+                job, joined = self._queue(tx, job_params) if job_params else (None, False)
         except examples.ConflictError as exc:
             details = [ErrorDetail(loc=loc, msg=msg) for loc, msg in exc.problems]
             raise RefusedError(
                 409, "examples conflict with stored ones; nothing was stored", details
             ) from exc
         intake = IntakeOut(**vars(result)) if result else None
-        return intake if job is None else RetrainOut(job_id=job.id, intake=intake)
+        return intake if job is None else _queued(job, joined, intake)
+
+    def _queue(self, tx: Session, params: dict[str, Any]) -> tuple[Job, bool]:
+        """The queued job with exactly these params (True: joined), else a new one.
+
+        Called after the request's examples are written: the job joined is locked
+        (`store.jobs.queued_like`), so it cannot start, and read the store, before
+        they commit; it trains on them as a new job would.
+        """
+        queued = jobs.queued_like(tx, self.settings.model_name, params)
+        if queued is not None:
+            return queued, True
+        return jobs.create(tx, self.settings.model_name, params), False
 
     # --- examples -------------------------------------------------------------
     def add_examples(self, body: Intake) -> IntakeOut:
@@ -267,7 +307,11 @@ class AdminApi:
 
     # --- jobs -----------------------------------------------------------------
     def retrain(self, body: Annotated[RetrainRequest | None, Body()] = None) -> RetrainOut:
-        """Queue a retrain (optionally storing examples first); poll GET /jobs/{job_id}."""
+        """Queue a retrain (optionally storing examples first); poll GET /jobs/{job_id}.
+
+        While an identical one (same mode and training settings) is queued, the
+        request joins it (`deduplicated`): it would train on the same store.
+        """
         body = body or RetrainRequest()
         params = {"mode": body.mode, "training": body.training_overrides()}
         out: RetrainOut = self._store(body, params)
@@ -278,11 +322,36 @@ class AdminApi:
         with self.store.transaction() as tx:
             return JobList(jobs=[JobOut.of(j) for j in jobs.recent(tx)])
 
-    def get_job(self, job_id: Annotated[str, Path(max_length=100)]) -> JobOut:
+    def get_job(self, job_id: JobId) -> JobOut:
         with self.store.transaction() as tx:
             job = jobs.get(tx, job_id)
         if job is None:
-            raise RefusedError(404, f"no job {job_id!r}; GET /jobs lists them")
+            raise _no_job(job_id)
+        return JobOut.of(job)
+
+    def cancel_job(
+        self,
+        job_id: JobId,
+        request: Request,
+        body: Annotated[CancelRequest | None, Body()] = None,
+    ) -> JobOut:
+        """Cancel a queued or running job: its training is stopped, it never promotes.
+
+        A running job's process is killed by the worker that runs it (within a
+        heartbeat, whichever worker took this request); a Kubernetes Job is deleted.
+        """
+        body = body or CancelRequest()
+        client = request.client.host if request.client else "unknown"
+        by = body.by or f"client {client}"
+        try:
+            with self.store.transaction() as tx:
+                job = jobs.cancel(tx, job_id, by=by, reason=body.reason)
+        except JobFinishedError as exc:
+            raise RefusedError(409, str(exc)) from exc
+        if job is None:
+            raise _no_job(job_id)
+        if job.started_at is not None:
+            stop_cancelled(job.id)
         return JobOut.of(job)
 
     # --- versions -------------------------------------------------------------
@@ -325,5 +394,10 @@ class AdminApi:
                 422, f"{tag} is not a version of {name!r}, the model this service serves"
             )
         with self.store.transaction() as tx:
+            state = versions.states(tx, name).get(found.tag)
+            if state is not None and state.status == VersionStatus.DELETED:
+                raise RefusedError(
+                    404, f"{found.tag} was {state.reason}; GET /models lists the versions"
+                )
             previous = versions.activate(tx, name, found.tag, "activated through the API")
         return Activated(active=found.tag, previous=previous)

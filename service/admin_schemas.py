@@ -134,7 +134,29 @@ class IntakeOut(BaseModel):
 
 class RetrainOut(BaseModel):
     job_id: str
+    deduplicated: bool = Field(
+        False,
+        description="True: an identical retrain (same mode and training settings) was already "
+        "queued, and this request joined it instead of queueing another; the examples it "
+        "sent are stored and that job trains on them.",
+    )
+    message: str
     intake: IntakeOut | None = None
+
+
+class CancelRequest(_Strict):
+    by: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="Who cancels (a name, a tool); default: the client's address."
+    )
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        None, description="Why; kept in the job's record."
+    )
+
+
+class Cancelled(BaseModel):
+    by: str
+    reason: str | None
+    at: datetime
 
 
 class ExampleOut(StoredExample):
@@ -204,6 +226,7 @@ class JobOut(BaseModel):
     gate: dict[str, Any] | None = Field(description="The decision record: slices, interval.")
     decision: str | None
     error: str | None
+    cancelled: Cancelled | None = Field(description="Who cancelled the job, why and when.")
     params: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -231,6 +254,7 @@ class JobOut(BaseModel):
             gate=metrics.get("gate"),
             decision=job.decision,
             error=job.error,
+            cancelled=summary.get("cancelled"),
             params=job.params,
             created_at=job.created_at,
             started_at=job.started_at,

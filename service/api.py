@@ -10,11 +10,13 @@ not JSON at all), and Starlette's own 404/405 say what to do. `ApiRoutes`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import Scope
@@ -32,7 +34,9 @@ from service.errors import (
 from service.protocols import hf, v2
 from service.settings import Settings
 from store import Store
+from store.db import disk_full
 
+log = logging.getLogger(__name__)
 # Methods BentoML serves on a path we share ("/": its index page), for our 405's Allow.
 ALSO_ALLOWED = "selftune.also_allowed"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -78,6 +82,23 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return _answer(exc.status_code, ErrorBody(error=str(exc.detail)))
 
 
+DISK_FULL = (
+    "the database's disk is full, so nothing of this request was stored (what was stored "
+    "before is intact, and predictions go on); free space on the volume of STATE_DIR, or of "
+    "the PostgreSQL server for DATABASE_URL (lower RETAIN_VERSIONS or RETAIN_VERSION_DAYS "
+    "where the model store shares it), then send the request again"
+)
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk is a 507 that says what to do; any other database error is a 500."""
+    if not disk_full(exc):
+        return await _failed(request, exc)
+    log.warning("%s %s refused: the database's disk is full (%s)", request.method,
+                request.url.path, exc.__cause__ or exc)  # fmt: skip
+    return _answer(507, ErrorBody(error=DISK_FULL))
+
+
 async def _failed(request: Request, exc: Exception) -> JSONResponse:
     """Anything unexpected: one logged traceback, and a JSON 500 naming its request id."""
     request_id = new_request_id()
@@ -98,6 +119,7 @@ def build_api(store: Store, settings: Settings, plane: DataPlane) -> FastAPI:
             RefusedError: _refused,
             RequestValidationError: _invalid,
             HTTPException: _http,
+            OperationalError: _database,
             Exception: _failed,
         },
     )

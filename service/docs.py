@@ -37,6 +37,7 @@ WHY = {
     500: "An internal error; the message carries the request id the server log repeats.",
     503: "No model version is loaded yet, or the service is overloaded: retry later.",
     504: "Scoring took longer than REQUEST_TIMEOUT_S: retry later.",
+    507: "The database's disk is full: nothing was stored; free space, then retry.",
 }
 
 

@@ -15,7 +15,12 @@ queued job this backend creates
 
 and follows it by reading the Job's status. The training pod records its own
 result in the database (`python -m retrain run --job-id ID`); the
-JobRunner only needs to know when it ended and, if it failed, why.
+JobRunner only needs to know when it ended and, if it failed, why. A Job
+outlives the replica that launched it: when that replica's heartbeats stop
+(scaled down, rolled over) any other replica's runner takes the job over and
+follows the same Job by name (`adopt`), so a Job whose pod is still pending or
+pulling its image is judged by its status, never failed for the launcher's silence.
+A cancelled job's Job is deleted by whichever replica took the request (`cancel`).
 
 The server's Role (k8s/overlays/scaled/rbac.yaml) grants exactly: get on the
 one PodTemplate, and create/get/list/watch/delete on Jobs. Everything here
@@ -155,8 +160,9 @@ class KubernetesJob:
             if exc.status == 404:
                 self._finish(
                     1,
-                    f"Kubernetes Job {self.namespace}/{self.name} no longer exists "
-                    "(deleted by someone, or removed after its TTL) before it finished",
+                    f"Kubernetes Job {self.namespace}/{self.name} does not exist (deleted by "
+                    "someone, removed after its TTL, or never created because the replica "
+                    "that claimed the job stopped first)",
                 )
                 return self._code
             if exc.status in (401, 403):
@@ -250,6 +256,14 @@ class KubernetesBackend:
 
     def close(self) -> None:
         """Nothing to stop: the Jobs outlive this runner."""
+
+    def adopt(self, job: Job) -> KubernetesJob:
+        """Follow the Job of a job another replica launched (its first status read judges it:
+        a Job that is gone or failed ends the job, a pending or active one is watched)."""
+        return KubernetesJob(self.batch, self.namespace, job_name(job.id))
+
+    def cancel(self, job_id: str) -> None:
+        KubernetesJob(self.batch, self.namespace, job_name(job_id)).kill()
 
     def launch(self, job: Job) -> KubernetesJob:
         name = job_name(job.id)

@@ -10,16 +10,19 @@ process that merely loads the service definition.
 
 What a person can act on (docs/DESIGN.md #12): requests by route and status
 and their latency (`RequestMetrics`), which version is live, what it
-predicts and how sure it is, what batching costs, and how
+predicts and how sure it is, what batching costs, how
 retraining goes (jobs by outcome, their duration, examples stored, the
-evaluation macro-F1 of the version being served).
+evaluation macro-F1 of the version being served), and the disk: bytes in the
+model store and STATE_DIR and what their filesystems have left (`observe_disk`).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import bentoml
 from prometheus_client import Counter, Gauge, Histogram
@@ -141,6 +144,42 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
         )
 
+        # Set by every worker from its job runner's poll (service.runner); the most recent
+        # value of a live worker is the one /metrics shows.
+        self.directory_bytes = Gauge(
+            "directory_bytes",
+            "Bytes of the files under a directory: dir=model_store (every version), "
+            "dir=state_dir (database, job logs).",
+            ["dir"],
+            namespace=NAMESPACE,
+            multiprocess_mode="livemostrecent",
+        )
+        self.filesystem_free = Gauge(
+            "filesystem_free_bytes",
+            "Bytes an unprivileged process may still write on the filesystem holding `dir`.",
+            ["dir"],
+            namespace=NAMESPACE,
+            multiprocess_mode="livemostrecent",
+        )
+        self.filesystem_size = Gauge(
+            "filesystem_size_bytes",
+            "Size of the filesystem holding `dir`.",
+            ["dir"],
+            namespace=NAMESPACE,
+            multiprocess_mode="livemostrecent",
+        )
+
+    def observe_disk(self, dirs: Mapping[str, Path]) -> None:
+        """Measure each directory (a walk: a few ms for tens of versions) and its filesystem."""
+        for name, path in dirs.items():
+            try:
+                stat = os.statvfs(path)
+            except OSError:  # not made yet (no version, no database): nothing to report
+                continue
+            self.directory_bytes.labels(name).set(directory_bytes(path))
+            self.filesystem_free.labels(name).set(stat.f_bavail * stat.f_frsize)
+            self.filesystem_size.labels(name).set(stat.f_blocks * stat.f_frsize)
+
     def swapped(self, new: LoadedModel, old: LoadedModel | None) -> None:
         """Move the version gauges; ModelHolder calls this after every swap."""
         if old is not None:
@@ -181,6 +220,27 @@ class ServiceMetrics:
             self.predictions.labels(label, version).inc(count)
         for confidence in confidences:
             self.confidence.observe(confidence)
+
+
+def directory_bytes(root: Path) -> int:
+    """Bytes of the regular files under `root` (links not followed; files that vanish
+    during the walk, such as a version being deleted, are skipped)."""
+    total = 0
+    folders = [root]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
 
 
 def route_family(path: str) -> str:

@@ -24,6 +24,7 @@ import bentoml
 from bentoml._internal.server.http.access import AccessLogMiddleware
 from starlette.types import ASGIApp
 
+from core import registry
 from service.activity import this_worker_activity
 from service.api import build_api
 from service.balance import ConnectionBalancer
@@ -77,7 +78,7 @@ class TextClassifier:
             make_backend(settings, wide_activity.path if wide_activity else None),
             settings,
             on_finished=self._job_finished,
-            on_poll=self._count_examples,
+            on_poll=self._refresh_gauges,
         )
         self.jobs.start()
         log.info(
@@ -92,7 +93,11 @@ class TextClassifier:
         self.metrics.job_finished(job)
         self.holder.wake()  # serve a promoted candidate now, not at the next poll
 
-    def _count_examples(self) -> None:
+    def _refresh_gauges(self) -> None:
+        """At every job-runner poll and beat: disk use first, which a down database cannot stop."""
+        self.metrics.observe_disk(
+            {"model_store": registry.store_dir(), "state_dir": settings.state_dir.resolve()}
+        )
         with self.store.transaction() as tx:
             self.metrics.examples_stored.set(examples.count(tx))
 

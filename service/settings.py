@@ -102,11 +102,24 @@ class Settings(RetrainSettings):
         description="Close the standby after this long without a job (since start-up or the "
         "last job); the next job starts cold and brings it back.",
     )
+    retain_versions: int = Field(
+        5,
+        ge=0,
+        description="Rejected, retired and abandoned versions kept, most recently changed "
+        "first; older ones are deleted, with their job logs, after each job. The active "
+        "version, its rollback target and their incremental chains are always kept.",
+    )
+    retain_version_days: float = Field(
+        30.0,
+        ge=0,
+        description="Nor is one of those kept longer than this many days after its status "
+        "last changed; 0: no age limit.",
+    )
     retrain_pod_template: str = Field(
         "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
     )
     pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")
-    # The level a local retrain starts at, in a session of its own (service/runner.py);
+    # The level a local retrain starts at, in a session of its own (service/local_backend.py);
     # under contention RETRAIN_SLOWDOWN then raises it as far as the job can afford
     # (retrain/cpu_share.py). A fixed level could not hold both bounds: at 10 it starved
     # under 64 predict clients (~13x its quiet time), at 0 predict p99 rose 2-2.9x

@@ -29,6 +29,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 FIRST_REVISION = "0001"
 _SCHEMA_LOCK_KEY = 0x5E1F7E  # any constant; names our PostgreSQL advisory lock
 T = TypeVar("T")
+PG_DISK_FULL = "53100"  # SQLSTATE disk_full: "could not extend file ...: No space left on device"
 
 
 def utcnow() -> datetime:
@@ -53,6 +54,17 @@ def chunked(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
     """`values` in slices small enough for one IN (...) list."""
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when a database error means its disk is full: SQLite's SQLITE_FULL ("database
+    or disk is full") or PostgreSQL's disk_full (SQLSTATE 53100). The failed transaction
+    was rolled back, so what was committed before is intact."""
+    cause = getattr(exc, "orig", None) or exc
+    return (
+        getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(cause, "sqlstate", None) == PG_DISK_FULL
+    )
 
 
 def rowcount(result: Any) -> int:

@@ -2,8 +2,15 @@
 
 A partial unique index on `state = 'running'` makes a second running row
 impossible, so two workers (or pods) racing to claim cannot both start one.
-A running job is heartbeated by whoever runs it; one whose beats stop is
-failed by `fail_stale`, so a job is never stuck in "running".
+A running job is heartbeated by whoever runs or watches it; one whose beats
+stop is `stale`: a runner either takes over watching it (`take_over`, when its
+training outlives runners, as a Kubernetes Job does) or fails it
+(`fail_stale`), so a job is never stuck in "running". Both are conditional on
+the job still being stale, so of several replicas exactly one acts.
+
+Every change to a job's state is a conditional UPDATE on the state it expects
+(queued -> running, running -> final, queued or running -> cancelled): a
+cancelled job's training process can no longer report, finish or promote.
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.REJECTED, JobState.FAILED)
+        return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
 class JobRow(Base):
@@ -117,6 +125,16 @@ def get(tx: Session, job_id: str) -> Job | None:
     return _job(row) if row else None
 
 
+def get_many(tx: Session, job_ids: list[str]) -> list[Job]:
+    return [_job(r) for r in tx.scalars(select(JobRow).where(JobRow.id.in_(job_ids)))]
+
+
+def running(tx: Session) -> Job | None:
+    """The one running job of the deployment, if any."""
+    row = tx.scalar(select(JobRow).where(JobRow.state == JobState.RUNNING))
+    return _job(row) if row else None
+
+
 def recent(tx: Session, limit: int = 100) -> list[Job]:
     rows = tx.scalars(select(JobRow).order_by(JobRow.created_at.desc()).limit(limit))
     return [_job(r) for r in rows]
@@ -165,8 +183,9 @@ def _update_running(tx: Session, job_id: str, **values: Any) -> bool:
     )
 
 
-def heartbeat(tx: Session, job_id: str) -> None:
-    _update_running(tx, job_id, heartbeat_at=utcnow())
+def heartbeat(tx: Session, job_id: str) -> bool:
+    """Prove the job alive; False when it is no longer running (finished or cancelled)."""
+    return _update_running(tx, job_id, heartbeat_at=utcnow())
 
 
 def report(tx: Session, job_id: str, progress: float, message: str, **fields: Any) -> None:
@@ -199,29 +218,102 @@ def finish(
     return _update_running(tx, job_id, **values)
 
 
-def fail_stale(store: Store, older_than: timedelta) -> list[str]:
-    """Fail running jobs whose heartbeat stopped (their process died); returns their ids."""
+def stale(store: Store, older_than: timedelta) -> list[Job]:
+    """Running jobs nothing has heartbeated for `older_than`: their runner (and their
+    training process, if it started) stopped beating."""
     cutoff = utcnow() - older_than
     with store.transaction() as tx:
-        stale = list(
-            tx.scalars(
-                select(JobRow.id).where(
-                    JobRow.state == JobState.RUNNING, JobRow.heartbeat_at < cutoff
+        rows = tx.scalars(
+            select(JobRow).where(JobRow.state == JobState.RUNNING, JobRow.heartbeat_at < cutoff)
+        )
+        return [_job(r) for r in rows]
+
+
+def _still_stale(job_id: str, older_than: timedelta) -> Any:
+    return update(JobRow).where(
+        JobRow.id == job_id,
+        JobRow.state == JobState.RUNNING,
+        JobRow.heartbeat_at < utcnow() - older_than,
+    )
+
+
+def take_over(store: Store, job_id: str, older_than: timedelta) -> bool:
+    """Heartbeat a stale job if it is still stale: True means the caller now watches it,
+    and no other replica can take it over or fail it as stale until its beats stop again."""
+    with store.transaction() as tx:
+        return bool(
+            rowcount(tx.execute(_still_stale(job_id, older_than).values(heartbeat_at=utcnow())))
+        )
+
+
+def fail_stale(store: Store, job_id: str, older_than: timedelta) -> bool:
+    """Fail a job whose heartbeat stopped (its process died), if it is still stale."""
+    with store.transaction() as tx:
+        return bool(
+            rowcount(
+                tx.execute(
+                    _still_stale(job_id, older_than).values(
+                        state=JobState.FAILED,
+                        finished_at=utcnow(),
+                        error="the process running this job stopped (server restart or "
+                        "crash); submit POST /retrain again — every stored example is still there",
+                    )
                 )
             )
         )
-    failed = []
-    for job_id in stale:
-        with store.transaction() as tx:
-            if finish(
-                tx,
-                job_id,
-                JobState.FAILED,
-                error="the process running this job stopped (server restart or crash); "
-                "submit POST /retrain again — every stored example is still there",
-            ):
-                failed.append(job_id)
-    return failed
+
+
+class JobFinishedError(RuntimeError):
+    """The job already ended; nothing was changed."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            f"job {job.id} already ended ({job.state}); only a queued or running job "
+            "can be cancelled"
+        )
+        self.job = job
+
+
+def cancel(tx: Session, job_id: str, by: str, reason: str | None) -> Job | None:
+    """Move a queued or running job to `cancelled`, saying who asked and why.
+
+    None if there is no such job; JobFinishedError if it already ended. The
+    training of a running job is stopped by whoever can reach it (its runner,
+    or any replica for a Kubernetes Job); from here on it cannot finish or promote.
+    """
+    changed = rowcount(
+        tx.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state.in_([JobState.QUEUED, JobState.RUNNING]))
+            .values(
+                state=JobState.CANCELLED,
+                finished_at=utcnow(),
+                decision=f"cancelled by {by}" + (f": {reason}" if reason else ""),
+            )
+        )
+    )
+    row = tx.get(JobRow, job_id)
+    if row is None:
+        return None
+    if not changed:
+        raise JobFinishedError(_job(row))
+    record = {"by": by, "reason": reason, "at": utcnow().isoformat()}
+    row.summary = dict(row.summary or {}) | {"cancelled": record}
+    row.message = "cancelled"
+    tx.flush()
+    return _job(row)
+
+
+def queued_like(tx: Session, model_name: str, params: dict[str, Any]) -> Job | None:
+    """The oldest queued job of `model_name` with exactly these `params`, locked until
+    the transaction ends: it cannot be claimed before what the caller writes commits."""
+    rows = tx.scalars(
+        select(JobRow)
+        .where(JobRow.model_name == model_name, JobRow.state == JobState.QUEUED)
+        .order_by(JobRow.created_at)
+        .with_for_update()
+    )
+    return next((_job(r) for r in rows if r.params == params), None)
 
 
 @contextmanager

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Integer, String, Text, select
+from sqlalchemy import DateTime, Integer, String, Text, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from store.db import Base, Store, utcnow, write_lock
+from store.db import Base, Store, aware, rowcount, utcnow, write_lock
 
 
 class VersionStatus(StrEnum):
@@ -23,6 +23,7 @@ class VersionStatus(StrEnum):
     CANDIDATE = "candidate"
     REJECTED = "rejected"
     RETIRED = "retired"
+    DELETED = "deleted"  # by version retention (service/retention.py): its files are gone
 
 
 class VersionRow(Base):
@@ -48,6 +49,7 @@ class VersionState:
     status: VersionStatus
     reason: str | None
     data_revision: int | None
+    updated_at: datetime  # when the status last changed
 
 
 class ActiveChangedError(RuntimeError):
@@ -138,10 +140,38 @@ def set_status(
 def states(tx: Session, model_name: str) -> dict[str, VersionState]:
     rows = tx.execute(
         select(
-            VersionRow.tag, VersionRow.status, VersionRow.reason, VersionRow.data_revision
+            VersionRow.tag,
+            VersionRow.status,
+            VersionRow.reason,
+            VersionRow.data_revision,
+            VersionRow.updated_at,
         ).where(VersionRow.model_name == model_name)
     )
-    return {tag: VersionState(VersionStatus(s), r, d) for tag, s, r, d in rows}
+    return {tag: VersionState(VersionStatus(s), r, d, aware(u)) for tag, s, r, d, u in rows}
+
+
+def mark_deleted(
+    tx: Session, model_name: str, tag: str, status: VersionStatus, reason: str
+) -> bool:
+    """Mark a version deleted if it still has `status` and is not active; False otherwise.
+
+    Conditional, so of several replicas applying retention at once exactly one
+    deletes a version's files, and a version activated meanwhile is never deleted.
+    """
+    active = select(ActiveRow.tag).where(ActiveRow.model_name == model_name)
+    return bool(
+        rowcount(
+            tx.execute(
+                update(VersionRow)
+                .where(
+                    VersionRow.tag == tag,
+                    VersionRow.status == status,
+                    VersionRow.tag.not_in(active),
+                )
+                .values(status=VersionStatus.DELETED, reason=reason, updated_at=utcnow())
+            )
+        )
+    )
 
 
 def data_revision(tx: Session, tag: str) -> int | None:

@@ -29,6 +29,9 @@ import yaml
 
 Manifest = dict[str, Any]
 K8S_VERSION = "1.33.0"
+# Where k8s/overlays/scaled puts the retrain PodTemplate, and its name.
+NAMESPACE = "selftune"
+TEMPLATE = "selftune-retrain"
 
 _PODTEMPLATE = re.compile(r"^/api/v1/namespaces/([^/]+)/podtemplates/([^/]+)$")
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs$")

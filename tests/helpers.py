@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import onnxruntime as ort
+import sqlalchemy as sa
 
 from tests.tiny_model import FILLER, NEGATIVE, NEUTRAL, POSITIVE
 
@@ -117,9 +118,8 @@ def serve_copy(
     """A ready server of a copy of the session's tiny version, admin API on, its own state
     and model store (what it stores or registers stays its own), the default body limits."""
     name = tiny_version.split(":")[0]
-    shutil.copytree(bentoml_home / "models" / name, root / "home" / "models" / name)
     extra = {
-        "BENTOML_HOME": str(root / "home"),
+        "BENTOML_HOME": str(own_model_store(root, bentoml_home, name)),
         "STATE_DIR": str(root / "state"),
         "ADMIN_TOKEN": TOKEN,
         "MAX_BODY_BYTES": "1048576",  # schemathesis' valid bodies can pass the tests' 16 KiB
@@ -240,7 +240,7 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout_s: float = 240) -> d
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}", headers=AUTH).json()
-        if job["state"] in ("succeeded", "rejected", "failed"):
+        if job["state"] in ("succeeded", "rejected", "failed", "cancelled"):
             return job
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
@@ -260,11 +260,29 @@ def wait_for_version(client: httpx.Client, version: str, timeout_s: float = 20) 
         time.sleep(0.2)
 
 
+def own_model_store(root: Path, bentoml_home: Path, name: str) -> Path:
+    """A BENTOML_HOME under `root` holding a copy of the session's versions of `name`:
+    what a server there registers or deletes, no other test sees."""
+    home = root / "home"
+    shutil.copytree(bentoml_home / "models" / name, home / "models" / name)
+    return home
+
+
 class Retrainer:
-    """A server with admin enabled, its own model, and its own database."""
+    """A server with admin enabled, its own model, and its own database.
+
+    `first`: the version to start from, already in the store the server uses
+    (BENTOML_HOME in `extra`, e.g. `own_model_store`); else one is fitted here.
+    """
 
     def __init__(
-        self, root: Path, name: str, base: Path, data: Path, extra: dict[str, str]
+        self,
+        root: Path,
+        name: str,
+        base: Path,
+        data: Path,
+        extra: dict[str, str],
+        first: str | None = None,
     ) -> None:
         self.name = name
         self.state = root / "state"
@@ -286,7 +304,7 @@ class Retrainer:
         }
         # The hash split, as `make serve` trains the first model: the active version's
         # evaluation texts are then held out from it as well as from every candidate.
-        self.first = fit_tiny(base, data, name, "--split", "hash")
+        self.first = first or fit_tiny(base, data, name, "--split", "hash")
 
     def serve(self) -> Any:
         return bentoml_serve(self.name, self.log, self.env)
@@ -318,3 +336,36 @@ class CountingRuns:
     def run(self, *args: object) -> object:
         self.runs += 1
         return self.session.run(*args)
+
+
+@contextmanager
+def database_down(url: str) -> Iterator[None]:
+    """Every job write fails while the block runs, as with a database that is down.
+
+    PostgreSQL: the database refuses new connections and its open ones are
+    terminated (the pool's pre-ping then fails too). SQLite, a file that cannot
+    go away while open: the jobs table is renamed away, so each statement on it fails.
+    """
+    target = sa.make_url(url)
+    sqlite = target.get_backend_name() == "sqlite"
+    if sqlite:
+        engine = sa.create_engine(url)
+        down, up = "ALTER TABLE jobs RENAME TO jobs_away", "ALTER TABLE jobs_away RENAME TO jobs"
+    else:
+        engine = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        down = f'ALTER DATABASE "{target.database}" WITH ALLOW_CONNECTIONS false'
+        up = f'ALTER DATABASE "{target.database}" WITH ALLOW_CONNECTIONS true'
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(down)
+            if not sqlite:
+                conn.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = :name AND pid <> pg_backend_pid()"),
+                    {"name": target.database},
+                )  # fmt: skip
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(up)
+        engine.dispose()

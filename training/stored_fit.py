@@ -41,9 +41,9 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, int]:
     try:
         with store.transaction() as tx:
             result = store_examples.add(tx, new, f"fit:{cfg.data.name}")
-    except store_examples.ConflictError as exc:
+    except store_examples.RowProblemsError as exc:  # a conflict, or text the store refuses
         raise DataError(
-            f"{cfg.data}: rows contradict the example store ({exc}); fix them, correct the "
+            f"{cfg.data}: rows the example store cannot take ({exc}); fix them, correct the "
             "store over the API, or pass --no-store"
         ) from exc
     log.info(

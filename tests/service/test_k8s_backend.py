@@ -12,7 +12,7 @@ import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,32 +30,14 @@ from service.runner import JobRunner, make_backend
 from service.settings import Settings
 from store import Store, jobs
 from store.jobs import Job, JobState
-from tests.deploy.conftest import Manifest, render
+from tests.deploy.conftest import Manifest
 from tests.deploy.manifests import build_retrain_job
-from tests.fake_k8s import FakeKubernetes, fake_kubernetes, write_kubeconfig
+from tests.fake_k8s import NAMESPACE, TEMPLATE, FakeKubernetes, write_kubeconfig
 
-NAMESPACE = "selftune"
-TEMPLATE = "selftune-retrain"
 TIMEOUT_S = 60
 
 
-@pytest.fixture(scope="module")
-def podtemplate() -> Manifest:
-    """The retrain PodTemplate exactly as `kubectl apply -k k8s/overlays/scaled` sends it."""
-    [template] = [
-        o
-        for o in render("scaled")
-        if o["kind"] == "PodTemplate" and o["metadata"]["name"] == TEMPLATE
-    ]
-    assert template["metadata"]["namespace"] == NAMESPACE
-    return template
-
-
-@pytest.fixture
-def fake(podtemplate: Manifest) -> Iterator[FakeKubernetes]:
-    with fake_kubernetes() as server:
-        server.add_podtemplate(podtemplate)
-        yield server
+STALE_S = 1.0
 
 
 def settings() -> Settings:
@@ -65,6 +47,7 @@ def settings() -> Settings:
         retrain_pod_template=TEMPLATE,
         retrain_timeout_s=TIMEOUT_S,
         gate_margin=0.05,
+        job_stale_seconds=STALE_S,
     )
 
 
@@ -188,7 +171,7 @@ def test_kill_deletes_the_job_in_the_background(fake: FakeKubernetes) -> None:
     running.kill()  # already gone: fine
     # A Job that disappeared can no longer succeed.
     assert running.exit_code() == 1
-    assert "no longer exists" in running.log_tail()
+    assert "does not exist" in running.log_tail()
 
 
 def test_a_missing_pod_template_says_how_to_create_it(fake: FakeKubernetes) -> None:
@@ -266,9 +249,12 @@ class Launched:
 
 
 def launched_by_runner(
-    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, active: bool = True
 ) -> Launched:
-    """The server's real path: make_backend from kubeconfig, JobRunner, a real Store."""
+    """The server's real path: make_backend from kubeconfig, JobRunner, a real Store.
+
+    `active`: the Job's pod runs; else the Job stays pending (image pull, scheduling).
+    """
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url, "x")))
     store = Store(f"sqlite:///{tmp_path}/s.db")
@@ -282,8 +268,16 @@ def launched_by_runner(
     with store.transaction() as tx:
         current = jobs.get(tx, job.id)
     assert current is not None and current.state == "running"
-    fake.set_job_active(NAMESPACE, name)
+    if active:
+        fake.set_job_active(NAMESPACE, name)
     return Launched(store, runner, job, name, poll)
+
+
+def job_of(store: Store, job_id: str) -> Job:
+    with store.transaction() as tx:
+        job = jobs.get(tx, job_id)
+    assert job is not None
+    return job
 
 
 def test_the_job_runner_fails_a_job_whose_kubernetes_job_failed(
@@ -324,3 +318,85 @@ def test_a_stopping_replica_leaves_its_kubernetes_job_training(
         assert left is not None and left.state == "running"
         # the Job's pod finishes the record itself (retrain/job.py does exactly this)
         assert jobs.finish(tx, run.job.id, JobState.SUCCEEDED, decision="promoted")
+
+
+@pytest.mark.parametrize("ending", ["Complete", "Failed", "deleted"])
+def test_another_replica_takes_over_a_pending_job_whose_launcher_stopped_and_judges_it_by_the_job(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """Scale-down while the pod pulls its image: nothing heartbeats the job for a while."""
+    run = launched_by_runner(fake, tmp_path, monkeypatch, active=False)
+    run.runner.stop()  # the launching replica goes away; its Job stays pending
+    run.poll.join(timeout=15)
+    other = JobRunner(run.store, make_backend(settings()), settings())
+    took_over = threading.Thread(target=other.poll_once, daemon=True)
+    time.sleep(STALE_S + 0.5)
+    took_over.start()
+
+    time.sleep(3 * STALE_S)  # long past stale: still running, watched by the other replica
+    assert job_of(run.store, run.job.id).state == JobState.RUNNING
+    assert took_over.is_alive()
+    assert [r.method for r in fake.requests if r.path.endswith(run.name)][-1] == "GET"
+    if ending == "Complete":
+        fake.set_job_active(NAMESPACE, run.name)  # the pod runs, records its result...
+        with run.store.transaction() as tx:
+            assert jobs.finish(tx, run.job.id, JobState.SUCCEEDED, decision="promoted")
+        fake.set_job_condition(NAMESPACE, run.name, "Complete", "CompletionsReached")
+    elif ending == "Failed":
+        fake.set_job_condition(NAMESPACE, run.name, "Failed", "DeadlineExceeded", "too long")
+    else:
+        fake.jobs.pop((NAMESPACE, run.name))
+    took_over.join(timeout=15)
+
+    assert not took_over.is_alive()
+    ended = job_of(run.store, run.job.id)
+    if ending == "Complete":
+        assert ended.state == JobState.SUCCEEDED and ended.decision == "promoted"
+    else:
+        assert ended.state == JobState.FAILED
+        reason = "failed (DeadlineExceeded: too long)" if ending == "Failed" else "does not exist"
+        assert f"Kubernetes Job {NAMESPACE}/{run.name} {reason}" in (ended.error or "")
+
+
+def test_cancelling_a_job_deletes_its_kubernetes_job_from_any_replica(
+    fake: FakeKubernetes,
+) -> None:
+    running, _ = launched(fake, a_job())
+
+    backend_for(fake).cancel(running.name.removeprefix("selftune-retrain-"))
+
+    assert fake.job(NAMESPACE, running.name) is None
+
+
+def test_the_runner_of_a_cancelled_job_deletes_its_kubernetes_job(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = launched_by_runner(fake, tmp_path, monkeypatch)
+    with run.store.transaction() as tx:  # a cancel that reached no backend (another pod's)
+        jobs.cancel(tx, run.job.id, by="ops", reason=None)
+
+    run.poll.join(timeout=15)
+
+    assert not run.poll.is_alive()
+    assert fake.job(NAMESPACE, run.name) is None
+    assert job_of(run.store, run.job.id).state == JobState.CANCELLED
+
+
+def test_a_job_taken_over_keeps_its_time_limit_from_its_start(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = launched_by_runner(fake, tmp_path, monkeypatch, active=False)
+    run.runner.stop()
+    run.poll.join(timeout=15)
+    time.sleep(10.5)  # past RETRAIN_TIMEOUT_S (10 s here) since the job started
+    short = settings().model_copy(update={"retrain_timeout_s": 10})
+    other = JobRunner(run.store, make_backend(short), short)
+    before = len(fake.requests)
+
+    assert other.poll_once() is not None
+
+    ended = job_of(run.store, run.job.id)
+    assert ended.state == JobState.FAILED and "timed out after 10 s" in (ended.error or "")
+    # At once: one look at the Job's status, then it is deleted with the job.
+    calls = [r.method for r in fake.requests[before:] if r.path.endswith(run.name)]
+    assert calls == ["GET", "DELETE"]

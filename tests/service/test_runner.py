@@ -1,20 +1,25 @@
 """The job runner in-process: a training process past RETRAIN_TIMEOUT_S is killed and failed,
-a woken runner claims a queued job at once, and a job goes to the standby started ahead."""
+a cancelled one is killed by its runner, a database outage does not stop the queue, a woken
+runner claims a queued job at once, and a job goes to the standby started ahead."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
-from service.runner import STANDBY_LOG, JobRunner, LocalBackend, LocalProcess, RunningJob
+from service.local_backend import STANDBY_LOG, LocalBackend, LocalProcess
+from service.runner import JobRunner, RunningJob
 from service.settings import Settings
 from store import Store, jobs
-from store.jobs import Job, JobState
+from store.jobs import HEARTBEAT_SECONDS, Job, JobState
+from tests.helpers import database_down
 
 
 class SleepingTraining:
@@ -22,20 +27,41 @@ class SleepingTraining:
 
     jobs_outlive_runner = False
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, seconds: float = 600) -> None:
         self.log = log
+        self.seconds = seconds
         self.launched: list[subprocess.Popen[bytes]] = []
 
     def launch(self, job: Job) -> RunningJob:
-        process = subprocess.Popen(["sleep", "600"])
+        process = subprocess.Popen(["sleep", str(self.seconds)])
         self.launched.append(process)
         return LocalProcess(process, self.log)
+
+    def adopt(self, job: Job) -> None:
+        pass
+
+    def cancel(self, job_id: str) -> None:
+        pass
 
     def idle(self) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def job_state(store: Store, job_id: str) -> Job:
+    with store.transaction() as tx:
+        job = jobs.get(tx, job_id)
+    assert job is not None
+    return job
 
 
 def test_a_job_past_its_time_limit_is_killed_and_failed(tmp_path: Path) -> None:
@@ -72,6 +98,54 @@ def test_a_queued_job_starts_when_the_runner_is_woken_not_at_its_next_poll(
     finally:
         runner.stop()
     assert backend.launched[0].wait(timeout=10) is not None  # stopping killed the child
+
+
+def test_a_job_cancelled_through_another_worker_is_killed_by_its_runner_and_the_queue_goes_on(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    with store.transaction() as tx:
+        first, second = jobs.create(tx, "m", {}), jobs.create(tx, "m", {})
+    backend = SleepingTraining(tmp_path / "job.log")
+    runner = JobRunner(store, backend, Settings(model_poll_seconds=0.2, state_dir=tmp_path))
+    runner.start()
+    try:
+        wait_for(lambda: backend.launched, "the first job did not start")
+        with store.transaction() as tx:  # what POST /jobs/{id}/cancel does, in any worker
+            jobs.cancel(tx, first.id, by="ops", reason="wrong data")
+
+        assert backend.launched[0].wait(timeout=HEARTBEAT_SECONDS + 5) is not None
+        wait_for(lambda: len(backend.launched) == 2, "the next job did not start")
+    finally:
+        runner.stop()
+    cancelled = job_state(store, first.id)
+    assert cancelled.state == JobState.CANCELLED and cancelled.error is None
+    assert cancelled.decision == "cancelled by ops: wrong data"
+    assert job_state(store, second.id).state == JobState.RUNNING
+
+
+def test_a_database_outage_during_a_job_does_not_stop_the_runner_or_the_queue(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(database_url)
+    with store.transaction() as tx:
+        first, second = jobs.create(tx, "m", {}), jobs.create(tx, "m", {})
+    backend = SleepingTraining(tmp_path / "job.log", seconds=4 * HEARTBEAT_SECONDS)
+    runner = JobRunner(store, backend, Settings(model_poll_seconds=0.2, state_dir=tmp_path))
+    runner.start()
+    try:
+        wait_for(lambda: backend.launched, "the first job did not start")
+        with caplog.at_level(logging.WARNING, logger="service.runner"):
+            with database_down(database_url):
+                time.sleep(2.5 * HEARTBEAT_SECONDS)  # the beats meanwhile fail
+            # Back: the runner saw its training end and moved on to the next job.
+            wait_for(lambda: len(backend.launched) == 2, "the queue stopped after the outage")
+    finally:
+        runner.stop()
+    assert f"job={first.id} heartbeat not written, trying again" in caplog.text
+    ended = job_state(store, first.id)  # `sleep` records no result: failed, and says so
+    assert ended.state == JobState.FAILED and "exited with code 0" in (ended.error or "")
+    assert job_state(store, second.id).state == JobState.RUNNING
 
 
 def _standbys() -> list[psutil.Process]:

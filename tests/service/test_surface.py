@@ -28,6 +28,7 @@ ADMIN_PATHS = {
     "/retrain",
     "/jobs",
     "/jobs/{job_id}",
+    "/jobs/{job_id}/cancel",
     "/models",
     "/models/{version}/activate",
 }

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from store import Store, examples, jobs, versions
+from store import Store, examples, versions
 from store.examples import ConflictError, DeletedExampleRow, InvalidExamplesError, NewExample
-from store.jobs import JobState
 from store.revert import revert
 from store.versions import ActiveChangedError
 
@@ -75,44 +73,6 @@ def test_examples_page_by_cursor_and_filter(store: Store) -> None:
         rest = examples.page(tx, label="pos", after_id=first[-1].id, limit=10)
         assert examples.page(tx, source="other") == []
     assert [e.text for e in first + rest] == ["text 1", "text 3", "text 5"]
-
-
-def test_only_one_job_runs_at_a_time_in_fifo_order(store: Store) -> None:
-    with store.transaction() as tx:
-        first = jobs.create(tx, "m", {})
-        second = jobs.create(tx, "m", {})
-    claimed = jobs.claim_next(store)
-    assert claimed is not None and claimed.id == first.id and claimed.state == JobState.RUNNING
-    assert jobs.claim_next(store) is None  # one is running
-    with store.transaction() as tx:
-        assert jobs.finish(tx, first.id, JobState.SUCCEEDED, decision="ok")
-    claimed = jobs.claim_next(store)
-    assert claimed is not None and claimed.id == second.id
-
-
-def test_a_job_whose_heartbeat_stopped_is_failed_not_stuck(store: Store) -> None:
-    with store.transaction() as tx:
-        job = jobs.create(tx, "m", {})
-    assert jobs.claim_next(store) is not None
-    assert jobs.fail_stale(store, timedelta(hours=1)) == []
-    assert jobs.fail_stale(store, timedelta(seconds=-1)) == [job.id]
-    with store.transaction() as tx:
-        failed = jobs.get(tx, job.id)
-        assert failed is not None and failed.state == "failed" and "stopped" in (failed.error or "")
-        # a finished job cannot be finished again (a late training process cannot promote)
-        assert not jobs.finish(tx, job.id, JobState.SUCCEEDED)
-
-
-def test_a_job_that_heartbeats_itself_is_not_reaped(store: Store) -> None:
-    """The training process beats on its own: it stays alive with no runner watching it."""
-    with store.transaction() as tx:
-        job = jobs.create(tx, "m", {})
-    assert jobs.claim_next(store) is not None
-    with jobs.heartbeats(store, job.id, every=0.05):
-        time.sleep(1.0)
-        assert jobs.fail_stale(store, timedelta(seconds=0.5)) == []
-    time.sleep(1.0)  # beats stopped with the block
-    assert jobs.fail_stale(store, timedelta(seconds=0.5)) == [job.id]
 
 
 def test_activation_retires_the_previous_version_and_rollback_restores_it(store: Store) -> None:
