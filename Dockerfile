@@ -14,6 +14,7 @@
 # The tests build on a Debian 12 base they make locally with debootstrap.
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 
+# checkov:skip=CKV_DOCKER_7:the tag is PYTHON_BASE's default above, python:3.11-slim-bookworm
 FROM ${PYTHON_BASE} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -155,18 +155,20 @@ class Buildah:
     def tag(target: str) -> str:
         return f"{IMAGE_NAME}:{target}"
 
-    def image_ids(self, name: str = "") -> set[str]:
-        listing = self(
-            "images", "--all", "--no-trunc", "--format", "{{.ID}}", *filter(None, [name])
-        )
+    def image_ids(self) -> set[str]:
+        listing = self("images", "--all", "--no-trunc", "--format", "{{.ID}}")
         return {line.removeprefix("sha256:") for line in listing.splitlines()}
+
+    def image_id(self, name: str) -> str:
+        image_id: str = json.loads(self("inspect", "--type", "image", name))["FromImageID"]
+        return image_id
 
     def remove_unused(self, keep: list[str]) -> None:
         """Remove the images no step of this run used (earlier code and dependencies)."""
         if not self.used:
             log.warning("no build step IDs read from buildah's output; keeping every image")
             return
-        keep_ids = set().union(*(self.image_ids(name) for name in keep))
+        keep_ids = {self.image_id(name) for name in keep}
         stale = {
             image_id
             for image_id in self.image_ids()
@@ -227,7 +229,7 @@ def base_image(buildah: Buildah) -> str:
         env = [f"--env={k}={v}" for k, v in BASE_RECIPE["env"].items()]
         buildah("config", *env, "--cmd", "/bin/bash", container)
         buildah("commit", "--rm", container, name, timeout=600)
-    for old in buildah("images", "--format", "{{.Name}}:{{.Tag}}", BASE_NAME).splitlines():
-        if old != name:
+    for old in buildah("images", "--format", "{{.Name}}:{{.Tag}}").splitlines():
+        if old.startswith(f"{BASE_NAME}:") and old != name:
             buildah("rmi", old)
     return name

@@ -10,11 +10,13 @@ except under CI, where `make test` installs them and their absence fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from store import open_store, versions
 from tests.deploy.conftest import ROOT
 from tests.deploy.image import HOST_CA_BUNDLE, Buildah, base_image, image_store, missing_tools
 from tests.fake_k8s import write_kubeconfig
-from tests.helpers import free_port, kill_tree, wait_until
+from tests.helpers import free_port, kill_tree
 
 # A cold run builds the base and both images (minutes, see README "Deploying");
 # a warm one takes their layers from the cache.
@@ -154,6 +156,19 @@ def uids(pid: int) -> set[int]:
     return {int(u) for u in line.split()[1:]}
 
 
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Until /readyz answers 200; fails at once if the container exits first."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            state = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready"
+            pytest.fail(f"the container {state}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+
+
 def test_the_serve_image_answers_predict_as_uid_10001_and_stops_on_sigterm(
     buildah: Buildah, serve_image: str, tiny_version: str, bentoml_home: Path, tmp_path: Path
 ) -> None:
@@ -192,10 +207,7 @@ def test_the_serve_image_answers_predict_as_uid_10001_and_stops_on_sigterm(
             command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        try:
-            wait_until(f"http://127.0.0.1:{port}/readyz", 200, timeout_s=READY_TIMEOUT_S)
-        except TimeoutError:
-            pytest.fail(f"the container never got ready:\n{log.read_text()[-4000:]}")
+        wait_ready(proc, port, log)
         answer = httpx.post(
             f"http://127.0.0.1:{port}/predict", json={"texts": ["the food was great"]}, timeout=30
         )

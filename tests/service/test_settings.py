@@ -160,6 +160,7 @@ def test_the_server_takes_its_token_from_a_mounted_file(tiny_version: str, tmp_p
         bentoml_serve(tiny_version.split(":")[0], tmp_path / "serve.log", env) as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
-        assert client.get("/models", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        right = client.get("/models", headers={"Authorization": f"Bearer {token}"})
+        assert right.status_code == 200, right.text
         wrong = client.get("/models", headers={"Authorization": f"Bearer {token}x"})
         assert wrong.status_code == 401, wrong.text
