@@ -23,6 +23,7 @@ from tests.deploy.manifests import (
     ports_of,
     ref,
     selects,
+    server_pod_spec,
 )
 from tests.fake_k8s import fake_kubernetes
 from tests.service.test_k8s_backend import a_job, backend_for
@@ -137,6 +138,28 @@ def test_secret_references_exist_in_the_secret_template(
                 if secret_ref:
                     assert secret_ref["name"] == secret_template["metadata"]["name"], owner
                     assert secret_ref["key"] in keys, f"{owner}: key {secret_ref['key']}"
+        for volume in template["spec"].get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] == secret_template["metadata"]["name"]
+                for item in volume["secret"]["items"]:
+                    assert item["key"] in keys, f"{owner}: key {item['key']}"
+
+
+def test_the_admin_token_file_is_the_mounted_secret_key(objs: list[Manifest]) -> None:
+    """ADMIN_TOKEN_FILE names the file the Secret volume puts there, read-only."""
+    spec = server_pod_spec(objs)
+    [server] = [c for c in containers(spec) if c["name"] == "server"]
+    path = next(e["value"] for e in server["env"] if e["name"] == "ADMIN_TOKEN_FILE")
+    assert not [e for e in server["env"] if e["name"] == "ADMIN_TOKEN"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounted = {
+        f"{m['mountPath']}/{item['path']}": (m, item["key"])
+        for m in server["volumeMounts"]
+        if "secret" in volumes[m["name"]]
+        for item in volumes[m["name"]]["secret"]["items"]
+    }
+    mount, key = mounted[path]
+    assert key == "admin-token" and mount["readOnly"] is True
 
 
 def test_retrain_role_allows_exactly_what_the_backend_needs(
