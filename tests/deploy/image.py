@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 STORE = Path("/var/lib/containers/selftune-test")
 RUN_ROOT = Path("/run/containers/selftune-test")
-LOCK_WAIT_S = 1800  # another `make test` building on this machine
 BASE_NAME = "localhost/selftune-test-base"
 IMAGE_NAME = "localhost/selftune-test"
 # What the base image is made of; its hash names the image, so any change here
@@ -54,10 +53,6 @@ BASE_RECIPE: dict[str, Any] = {
 # step then trusts what this machine's pip trusts (a TLS-inspecting proxy's CA).
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_TIMEOUT_S = 1800
-
-
-class ImageToolsUnavailableError(RuntimeError):
-    """buildah or debootstrap is missing, or this is not root (both need it)."""
 
 
 def missing_tools() -> str | None:

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -52,12 +53,25 @@ def buildah() -> Iterator[Buildah]:
             store.remove_unused([store.base, *(store.tag(t) for t in store.built)])
 
 
+def find_links() -> list[str]:
+    """The folders this machine's pip looks for wheels in: its config and PIP_FIND_LINKS."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    ).stdout
+    configured = [
+        value.strip("'\"")
+        for key, _, value in (line.partition("=") for line in listing.splitlines())
+        if key.endswith("find-links")
+    ]
+    return " ".join([*configured, os.environ.get("PIP_FIND_LINKS", "")]).split()
+
+
 def local_torch_wheel() -> Path | None:
-    """The pinned CPU torch wheel where this machine's pip finds it (PIP_FIND_LINKS)."""
+    """The pinned CPU torch wheel where this machine's pip finds it, if it has one."""
     with (ROOT / "pyproject.toml").open("rb") as f:
         train = tomllib.load(f)["project"]["optional-dependencies"]["train"]
     version = next(r.split("==")[1] for r in train if r.startswith("torch=="))
-    for folder in os.environ.get("PIP_FIND_LINKS", "").split():
+    for folder in find_links():
         found = sorted(Path(folder).glob(f"torch-{version}+cpu-cp311-cp311-*x86_64.whl"))
         if found:
             return found[-1]
