@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from service.settings import MAKE_A_TOKEN, Settings
-from tests.helpers import LIMITS, ROOT, bentoml_serve, free_port
+from tests.helpers import LIMITS, ROOT, bentoml_serve, free_port, kill_tree
 
 
 def test_more_threads_than_cores_is_refused_unless_allowed() -> None:
@@ -143,7 +142,7 @@ def test_the_server_refuses_to_start_with_the_placeholder_token() -> None:
     try:
         output, _ = server.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+        kill_tree(server.pid)  # the workers too: they sit in process groups of their own
         server.communicate()
         pytest.fail("the server started with the placeholder token")
     assert server.returncode != 0
