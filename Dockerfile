@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Two images from one file (shared/DESIGN.md #1):
+# Two images from one file (docs/DESIGN.md #1):
 #
 #   docker build --target serve -t selftune:0.1.0-serve .   # ONNX Runtime, no torch;
 #                                                           # retrains as Kubernetes Jobs
@@ -7,11 +7,15 @@
 #                                                           # retraining, and the retrain Job image
 #
 # Both run as UID 10001 and read every setting from the environment
-# (service/settings.py); no secret is baked in. Linted by hadolint and checkov
-# in `make test`; the image build itself is not run there (no Docker engine).
+# (service/settings.py); no secret is baked in. `make test` builds both
+# targets with buildah and runs them (tests/deploy/test_image.py).
 
 # Debian 12, like the machines the tests run on. Pin a digest at release time.
-FROM python:3.11-slim-bookworm AS python-base
+# The tests build on a Debian 12 base they make locally with debootstrap.
+ARG PYTHON_BASE=python:3.11-slim-bookworm
+
+# checkov:skip=CKV_DOCKER_7:the tag is PYTHON_BASE's default above, python:3.11-slim-bookworm
+FROM ${PYTHON_BASE} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -19,33 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# ---------------------------------------------------------------- build: serve
-FROM python-base AS build-serve
-WORKDIR /src
-RUN python -m venv /opt/venv
-# Dependencies first, from pyproject.toml alone, so a code change reuses this layer.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip install --no-cache-dir -r requirements.txt dumb-init==1.2.5.post1
-COPY README.md ./
-COPY core ./core
-COPY store ./store
-COPY service ./service
-COPY training ./training
-COPY retrain ./retrain
-RUN pip install --no-cache-dir --no-deps .
-
-# ----------------------------------------------------------------- build: full
-FROM build-serve AS build-full
-# torch from PyTorch's CPU wheel index first: the PyPI wheel for Linux is the
-# CUDA build (gigabytes of libraries this image never uses). The pinned
-# torch==2.13.0 in `.[train]` is then already satisfied by 2.13.0+cpu.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['train']))" > requirements-train.txt \
-    && pip install --no-cache-dir -r requirements-train.txt \
-    && python -c "import torch; assert not torch.version.cuda, 'CUDA torch was installed'"
-
-# -------------------------------------------------------------------- runtime
+# ------------------------------------------------------------------- runtime
 FROM python-base AS runtime
 # A numeric, non-root user (Kubernetes runAsNonRoot checks the number) with a
 # passwd entry (getpass.getuser() fails without one). The writable paths exist
@@ -66,7 +44,6 @@ ENV HOME=/home/app \
     TOKENIZERS_PARALLELISM=false \
     BENTOML_DO_NOT_TRACK=true
 WORKDIR /home/app
-USER 10001:10001
 EXPOSE 3000
 # BentoML's supervisor drains its workers on SIGTERM; dumb-init as PID 1
 # forwards that one signal to it and reaps orphaned children (a local retrain
@@ -78,12 +55,51 @@ ENTRYPOINT ["dumb-init", "--single-child", "--"]
 # Host and port come from HOST and PORT (service/settings.py), like every setting.
 CMD ["bentoml", "serve", "service.service:TextClassifier"]
 
+# The virtualenv is built in place on the runtime stage (no multi-gigabyte copy
+# between stages), as root, so the app user cannot change it. Its dependencies
+# come from pyproject.toml alone, and our own packages are installed apart
+# (stage `app`): a code change rebuilds only the small `app` layers.
+
+# --------------------------------------------------------- dependencies: serve
+FROM runtime AS deps-serve
+COPY pyproject.toml /src/
+RUN python -m venv /opt/venv \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" > /src/requirements.txt \
+    && pip install --no-cache-dir -r /src/requirements.txt dumb-init==1.2.5.post1
+
+# ---------------------------------------------------------- dependencies: full
+FROM deps-serve AS deps-full
+# torch first, CPU-only: the PyPI wheel for Linux is the CUDA build (gigabytes
+# of libraries this image never uses). By default it comes from PyTorch's CPU
+# wheel index; TORCH_WHEEL names a CPU wheel file the build can see instead
+# (buildah/podman: `-v DIR:/wheels:ro --build-arg TORCH_WHEEL=/wheels/torch-….whl`).
+# The pinned torch==2.13.0 of `.[train]` is then already satisfied by 2.13.0+cpu.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_WHEEL=""
+# A wheel file is one exact version already: DL3013's pin is in its name.
+# hadolint ignore=DL3013
+RUN if [ -n "$TORCH_WHEEL" ]; then pip install --no-cache-dir "$TORCH_WHEEL"; \
+    else pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['optional-dependencies']['train']))" > /src/requirements-train.txt \
+    && pip install --no-cache-dir -r /src/requirements-train.txt \
+    && python -c "import torch; assert not torch.version.cuda, 'CUDA torch was installed'"
+
+# ------------------------------------------------------------ our own packages
+FROM deps-serve AS app
+WORKDIR /src
+# .dockerignore lets only pyproject.toml, README.md and the packages in.
+COPY . ./
+# Into a prefix of its own, laid out like the venv, for the final COPY to merge.
+RUN pip install --no-cache-dir --no-deps --prefix /opt/app .
+
 # ---------------------------------------------------------------------- serve
-FROM runtime AS serve
-COPY --from=build-serve /opt/venv /opt/venv
+FROM deps-serve AS serve
 ENV RETRAIN_BACKEND=kubernetes
+COPY --from=app /opt/app /opt/venv
+USER 10001:10001
 
 # ----------------------------------------------------------------------- full
-FROM runtime AS full
-COPY --from=build-full /opt/venv /opt/venv
+FROM deps-full AS full
 ENV RETRAIN_BACKEND=local
+COPY --from=app /opt/app /opt/venv
+USER 10001:10001

@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: install lint format test serve bench-train clean deploy-tools postgres check-deploy
+.PHONY: install lint format test serve bench-train clean deploy-tools postgres image-tools check-deploy
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,9 +58,23 @@ postgres:
 		echo "the PostgreSQL variants of the store and retrain tests will be skipped."; \
 	fi
 
-deploy-tools: $(TOOLS)/.checkov-$(CHECKOV_VERSION) postgres
+# buildah builds and runs the images without a Docker engine, debootstrap makes their
+# base (tests/deploy/test_image.py); both from Debian, both need root, like PostgreSQL.
+image-tools:
+	@if command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap; \
+	else \
+		echo "buildah and debootstrap not found and not installable here (needs root and apt-get):"; \
+		echo "the image build and run tests will be skipped."; \
+	fi
 
-# The deployment checks alone (manifests, Bento, Dockerfile, checkov, PostgreSQL harness);
+deploy-tools: $(TOOLS)/.checkov-$(CHECKOV_VERSION) postgres image-tools
+
+# The deployment checks alone (manifests, Bento, Dockerfile and its images, checkov,
+# PostgreSQL harness);
 # `make test` runs them too, as part of the one pytest run.
 check-deploy: install deploy-tools
 	$(BIN)/python -m pytest tests/deploy

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger("retrain")
+OOM_SCORE_ADJ = 1000  # the kernel's maximum: chosen first under memory pressure
 
 
 def run(job_id: str) -> int:
@@ -45,6 +46,20 @@ def run(job_id: str) -> int:
             log.info("autogroup nice over the job (per second): %s", governor.summary())
     sys.stdout.write(state + "\n")
     return 0
+
+
+def _volunteer_for_oom_kill() -> None:
+    """Be the process the kernel's OOM killer picks first, before the server.
+
+    A local retrain shares the serving container's memory limit (the single
+    overlay); raising one's own oom_score_adj needs no privilege. Where the
+    runtime kills a whole container on OOM (cgroup v2 memory.oom.group), the
+    limit sized from measured use is what protects serving (docs/DESIGN.md #13).
+    """
+    try:
+        Path("/proc/self/oom_score_adj").write_text(f"{OOM_SCORE_ADJ}\n")
+    except OSError as exc:
+        log.warning("oom_score_adj not raised (%s): an OOM may pick the server first", exc)
 
 
 def _log_to(path: Path) -> None:
@@ -115,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for ours in ("retrain", "training", "core", "store"):
         logging.getLogger(ours).setLevel(logging.INFO)
+    if args.command in ("run", "standby"):
+        _volunteer_for_oom_kill()
     if args.command == "run":
         if args.log is not None:
             _log_to(args.log)

@@ -43,7 +43,7 @@ def admin_refusal(scope: Scope) -> tuple[int, str] | None:
     if token is None:
         return 403, (
             "admin endpoints are disabled: set the ADMIN_TOKEN environment variable "
-            "(at least 16 characters) and restart the service"
+            "(or ADMIN_TOKEN_FILE) to a random token and restart the service"
         )
     header = Headers(scope=scope).get("authorization", "")
     scheme, _, given = header.partition(" ")

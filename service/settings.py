@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.settings import RetrainSettings
 
-MIN_TOKEN_CHARS = 16
+# A token must not be guessable: at least this many distinct bytes (a URL-safe
+# token of 32 random bytes has ~35), no whitespace (a paste accident), and none
+# of the placeholders our templates ship (k8s/secret.example.yaml).
+MIN_TOKEN_DISTINCT_BYTES = 16
+PLACEHOLDER_TOKENS = frozenset({"REPLACE_WITH_A_RANDOM_TOKEN"})
+MAKE_A_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(RetrainSettings):
@@ -77,7 +83,13 @@ class Settings(RetrainSettings):
 
     # --- admin and retraining ----------------------------------------------
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for the admin endpoints; unset disables them."
+        None,
+        description="Bearer token for the admin endpoints; unset (with ADMIN_TOKEN_FILE) "
+        "disables them.",
+    )
+    admin_token_file: Path | None = Field(
+        None,
+        description="A file holding the admin token (a mounted Secret), instead of ADMIN_TOKEN.",
     )
     max_admin_body_bytes: int = Field(
         33_554_432, ge=1024, description="Body cap of the admin endpoints (example uploads)."
@@ -142,14 +154,28 @@ class Settings(RetrainSettings):
             )
         return self
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _strip_line_end(cls, value: object) -> object:
+        return strip_line_end(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_admin_token(self) -> Settings:
-        token = self.admin_token.get_secret_value() if self.admin_token else None
-        if token is not None and len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(
-                f"ADMIN_TOKEN must be at least {MIN_TOKEN_CHARS} characters; "
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
+        if self.admin_token_file is not None:
+            if self.admin_token is not None:
+                raise ValueError("set ADMIN_TOKEN or ADMIN_TOKEN_FILE, not both")
+            try:
+                text = self.admin_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"ADMIN_TOKEN_FILE {self.admin_token_file} cannot be read "
+                    f"({type(exc).__name__}); mount the token there or unset ADMIN_TOKEN_FILE"
+                ) from None
+            self.admin_token = SecretStr(strip_line_end(text))
+        if self.admin_token is not None:
+            weakness = token_weakness(self.admin_token.get_secret_value())
+            if weakness:
+                raise ValueError(f"ADMIN_TOKEN {weakness}; generate one with: {MAKE_A_TOKEN}")
         return self
 
     @property
@@ -162,6 +188,22 @@ class Settings(RetrainSettings):
     def threads_per_worker(self) -> int:
         """ONNX Runtime threads for one worker: explicit, or an even share of the cores."""
         return self.ort_threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def strip_line_end(token: str) -> str:
+    """`echo token > file` and `kubectl create secret --from-file` end a token with a newline."""
+    return token.rstrip("\r\n")
+
+
+def token_weakness(token: str) -> str | None:
+    """Why `token` would be a weak admin token (a phrase for the error), or None."""
+    if token in PLACEHOLDER_TOKENS:
+        return "is the template's placeholder"
+    if any(char.isspace() for char in token):
+        return "contains whitespace"
+    if len(set(token.encode())) < MIN_TOKEN_DISTINCT_BYTES:
+        return f"has fewer than {MIN_TOKEN_DISTINCT_BYTES} distinct characters"
+    return None
 
 
 @lru_cache(maxsize=1)

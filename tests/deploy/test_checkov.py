@@ -1,4 +1,4 @@
-"""checkov over the rendered overlays, the Secret template and the Dockerfile.
+"""checkov over the rendered overlays, the Secret and Namespace files and the Dockerfile.
 
 Every finding fails; a check may only be skipped in the file it concerns, with
 its reason beside it (a `checkov.io/skipN` annotation, or `# checkov:skip=`).
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.conftest import EXTRAS, K8S, OVERLAYS, ROOT, Manifest, find_tool
+from tests.deploy.conftest import EXTRAS, K8S, OVERLAYS, ROOT, WITH_COMPONENT, Manifest, find_tool
 
 
 def test_checkov_finds_nothing_unjustified(
@@ -24,11 +24,11 @@ def test_checkov_finds_nothing_unjustified(
 ) -> None:
     checkov = find_tool("checkov", "run `make deploy-tools` (installs it into .venv/tools)")
     files = []
-    for target in OVERLAYS + EXTRAS:
+    for target in OVERLAYS + EXTRAS + tuple(WITH_COMPONENT):
         path = tmp_path / f"{target}.yaml"
         path.write_text(yaml.safe_dump_all(rendered[target], sort_keys=False))
         files.append(path)
-    files += [K8S / "secret.example.yaml", ROOT / "Dockerfile"]
+    files += [K8S / "secret.example.yaml", K8S / "namespace.yaml", ROOT / "Dockerfile"]
     env = {
         **os.environ,
         # checkov forks one worker per framework by default; a crash in a

@@ -160,11 +160,12 @@ def test_every_written_path_is_a_mounted_volume(objs: list[Manifest]) -> None:
     for owner, template in pod_templates(objs):
         spec = template["spec"]
         volumes = {v["name"] for v in spec.get("volumes", [])}
+        used_by_pod = {m["name"] for c in containers(spec) for m in c.get("volumeMounts", [])}
+        assert volumes <= used_by_pod, f"{owner}: unused volumes {volumes - used_by_pod}"
         for c in containers(spec):
             mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
             used = {m["name"] for m in mounts.values()}
             assert used <= volumes, f"{owner}: mounts undefined volumes {used - volumes}"
-            assert volumes <= used, f"{owner}: unused volumes {volumes - used}"
             assert "/tmp" in mounts, f"{owner}: /tmp is not writable"
             for name in WRITABLE_PATH_ENV:
                 if name not in env(c):
@@ -195,9 +196,12 @@ def test_pods_drain_gracefully_and_roll_without_losing_capacity(objs: list[Manif
         assert spec["terminationGracePeriodSeconds"] > sleep + longest_request
 
 
-def test_container_environment_is_settings_the_service_accepts(objs: list[Manifest]) -> None:
+def test_container_environment_is_settings_the_service_accepts(
+    objs: list[Manifest], tmp_path: Path
+) -> None:
     """Every variable is a Settings field (or a known outside one), and the values parse."""
     fields = {name.upper() for name in Settings.model_fields}
+    token_file = tmp_path / "admin-token"
     for owner, template in pod_templates(objs):
         for c in containers(template["spec"]):
             names = set(env(c))
@@ -209,6 +213,9 @@ def test_container_environment_is_settings_the_service_accepts(objs: list[Manife
                     values[name.lower()] = entry.get("value", secrets.token_urlsafe(32))
             if "DATABASE_URL" in names:
                 values["database_url"] = "postgresql+psycopg://u:p@db:5432/selftune"
+            if "ADMIN_TOKEN_FILE" in names:  # the mounted Secret (test_manifests_references)
+                token_file.write_text(secrets.token_urlsafe(32) + "\n")
+                values["admin_token_file"] = str(token_file)
             # Cores are the node's, unknown here; the thread budget is checked above.
             Settings(**values, allow_oversubscription=True)
 

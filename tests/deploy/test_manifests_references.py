@@ -7,7 +7,12 @@ over every pod, and the retrain launcher's Role bound to the server alone.
 
 from __future__ import annotations
 
-from tests.deploy.conftest import Manifest
+from urllib.parse import urlsplit
+
+import yaml
+
+from service.guards import ADMIN_PREFIXES, DOCS_ROUTE
+from tests.deploy.conftest import K8S, Manifest
 from tests.deploy.manifests import (
     containers,
     kind,
@@ -18,7 +23,10 @@ from tests.deploy.manifests import (
     ports_of,
     ref,
     selects,
+    server_pod_spec,
 )
+from tests.fake_k8s import fake_kubernetes
+from tests.service.test_k8s_backend import a_job, backend_for
 
 
 def test_every_pod_is_covered_by_a_network_policy(objs: list[Manifest]) -> None:
@@ -130,6 +138,28 @@ def test_secret_references_exist_in_the_secret_template(
                 if secret_ref:
                     assert secret_ref["name"] == secret_template["metadata"]["name"], owner
                     assert secret_ref["key"] in keys, f"{owner}: key {secret_ref['key']}"
+        for volume in template["spec"].get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] == secret_template["metadata"]["name"]
+                for item in volume["secret"]["items"]:
+                    assert item["key"] in keys, f"{owner}: key {item['key']}"
+
+
+def test_the_admin_token_file_is_the_mounted_secret_key(objs: list[Manifest]) -> None:
+    """ADMIN_TOKEN_FILE names the file the Secret volume puts there, read-only."""
+    spec = server_pod_spec(objs)
+    [server] = [c for c in containers(spec) if c["name"] == "server"]
+    path = next(e["value"] for e in server["env"] if e["name"] == "ADMIN_TOKEN_FILE")
+    assert not [e for e in server["env"] if e["name"] == "ADMIN_TOKEN"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounted = {
+        f"{m['mountPath']}/{item['path']}": (m, item["key"])
+        for m in server["volumeMounts"]
+        if "secret" in volumes[m["name"]]
+        for item in volumes[m["name"]]["secret"]["items"]
+    }
+    mount, key = mounted[path]
+    assert key == "admin-token" and mount["readOnly"] is True
 
 
 def test_retrain_role_allows_exactly_what_the_backend_needs(
@@ -144,7 +174,7 @@ def test_retrain_role_allows_exactly_what_the_backend_needs(
         for r in role["rules"]
     }
     assert rules == {
-        (("batch",), ("jobs",), ()): {"create", "get", "list", "watch", "delete"},
+        (("batch",), ("jobs",), ()): {"create", "get", "delete"},
         (("",), ("podtemplates",), ("selftune-retrain",)): {"get"},
     }
     binding = one(objs, "RoleBinding", "selftune-retrain-launcher")
@@ -159,3 +189,85 @@ def test_retrain_role_allows_exactly_what_the_backend_needs(
     assert subject["name"] == deployment["spec"]["template"]["spec"]["serviceAccountName"]
     assert subject["namespace"] == deployment["metadata"]["namespace"]
     assert not kind(objs, "ClusterRole") and not kind(objs, "ClusterRoleBinding")
+
+
+def api_verb(method: str, path: str, query: dict[str, list[str]]) -> tuple[str, str]:
+    """(resource, RBAC verb) of one request the API server saw."""
+    parts = urlsplit(path).path.strip("/").split("/")
+    # /api/v1/namespaces/NS/RESOURCE[/NAME] or /apis/GROUP/VERSION/namespaces/NS/RESOURCE[/NAME]
+    rest = parts[parts.index("namespaces") + 2 :]
+    resource, named = rest[0], len(rest) > 1
+    if method == "GET":
+        verb = "watch" if query.get("watch") else ("get" if named else "list")
+    else:
+        verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}[method]
+    return resource, verb
+
+
+def test_the_launcher_role_grants_exactly_what_the_backend_calls(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """A retrain's whole life (launch, follow, cancel) against the API, verb by verb."""
+    objs = rendered["scaled"]
+    with fake_kubernetes() as fake:
+        fake.add_podtemplate(one(objs, "PodTemplate", "selftune-retrain"))
+        job = backend_for(fake).launch(a_job())
+        job.exit_code()
+        job.kill()
+        used: dict[str, set[str]] = {}
+        for request in fake.requests:
+            resource, verb = api_verb(request.method, request.path, request.query)
+            used.setdefault(resource, set()).add(verb)
+    granted = {
+        resource: set(rule["verbs"])
+        for rule in one(objs, "Role", "selftune-retrain-launcher")["rules"]
+        for resource in rule["resources"]
+    }
+    assert used == granted
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_standard(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    namespace = yaml.safe_load((K8S / "namespace.yaml").read_text())
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    deployed = {o["metadata"].get("namespace") for objs in rendered.values() for o in objs}
+    assert deployed - {None} == {namespace["metadata"]["name"]}
+
+
+def ingress_routes(ingress: Manifest, path: str) -> bool:
+    for rule in ingress["spec"]["rules"]:
+        for route in rule["http"]["paths"]:
+            prefix = route["path"].rstrip("/")
+            if route["path"] == path or (
+                route["pathType"] == "Prefix" and path.startswith(prefix + "/")
+            ):
+                return True
+    return False
+
+
+def test_named_sources_reach_the_port_and_only_prediction_paths_are_published(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """Admin, metrics and predict share one port: the policy names who, the Ingress which paths."""
+    objs = rendered["scaled+named-sources"]
+    policy = one(objs, "NetworkPolicy", "selftune-server")
+    assert policy["spec"]["ingress"], "an empty ingress list admits nobody"
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"], "a rule without `from` admits every source"
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+            assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            assert peer["podSelector"]["matchLabels"]
+    ingress = one(objs, "Ingress", "selftune")
+    for path in (*ADMIN_PREFIXES, "/metrics", DOCS_ROUTE, "/readyz", "/jobs/1"):
+        assert not ingress_routes(ingress, path), f"{path} is published"
+    for path in ("/predict", "/", "/v2/models/text-classifier/infer"):
+        assert ingress_routes(ingress, path), f"{path} is not published"
+    ports = {p["name"] for p in one(objs, "Service", "selftune")["spec"]["ports"]}
+    for rule in ingress["spec"]["rules"]:
+        for route in rule["http"]["paths"]:
+            assert route["backend"]["service"]["name"] == "selftune"
+            assert route["backend"]["service"]["port"]["name"] in ports

@@ -15,10 +15,11 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from service.k8s_backend import forwarded_settings
 from service.settings import Settings
-from tests.deploy.conftest import Manifest
+from tests.deploy.conftest import K8S, Manifest
 from tests.deploy.manifests import build_retrain_job, containers, one, pod_templates, ref
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -68,6 +69,10 @@ def test_every_rendered_object_validates_strictly(overlay: str, objs: list[Manif
 
 def test_secret_template_validates_strictly(secret_template: Manifest) -> None:
     validate_strictly(secret_template, "k8s/secret.example.yaml")
+
+
+def test_namespace_validates_strictly() -> None:
+    validate_strictly(yaml.safe_load((K8S / "namespace.yaml").read_text()), "k8s/namespace.yaml")
 
 
 def test_retrain_job_made_from_the_pod_template_validates_as_a_job(
