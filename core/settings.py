@@ -49,7 +49,7 @@ class RetrainSettings(StateSettings):
         "to serving; 0 keeps RETRAIN_NICE fixed (retrain/cpu_share.py).",
     )
     gate_margin: float = Field(
-        0.02,
+        0.03,
         ge=0,
         le=1,
         description="Non-inferiority margin in macro-F1: the candidate's one-sided lower bound "
