@@ -332,7 +332,7 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
             for topic in args.topics
             for n, wrong in [(n, False) for n in args.sizes] + [(n, True) for n in args.wrong]
             for seed in args.seeds
-            for mode in args.modes
+            for mode in (args.wrong_modes if wrong else args.modes)
             for variant in args.envs
             for clients in args.clients
         ]
@@ -381,6 +381,10 @@ def main() -> None:
     parser.add_argument("--wrong", type=int, nargs="*", default=[300],
                         help="sizes of wrong-label batches per topic, seed and mode")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--wrong-modes", nargs="+", choices=["incremental", "refit", "auto"],
+                        default=["incremental"],
+                        help="modes of the wrong-label runs (the label check is the same in "
+                        "each; a refit costs the most)")  # fmt: skip
     parser.add_argument("--modes", nargs="+", choices=["incremental", "refit", "auto"],
                         default=["incremental", "refit"])  # fmt: skip
     parser.add_argument("--clients", type=int, nargs="+", default=[0])
