@@ -327,12 +327,13 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
     try:
         results["setup"] = service.setup(shifts, args.setup_epochs, args.job_timeout)
         tag = results["setup"]["version"]
-        runs = [
+        batches = [(n, False) for n in args.sizes[:1]] + [(n, True) for n in args.wrong]
+        runs = [  # the smallest size and the wrong labels on every topic first, then the rest
             (topic, n, seed, mode, wrong, variant, clients)
+            for n, wrong in batches + [(n, False) for n in args.sizes[1:]]
             for topic in args.topics
-            for n, wrong in [(n, False) for n in args.sizes] + [(n, True) for n in args.wrong]
-            for seed in args.seeds
             for mode in (args.wrong_modes if wrong else args.modes)
+            for seed in (args.wrong_seeds if wrong else seeds_of(mode, args))
             for variant in args.envs
             for clients in args.clients
         ]
@@ -374,6 +375,11 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
             shutil.copy(service.home / "serve.log", OUT / "retrain_bench-serve.log")
 
 
+def seeds_of(mode: str, args: argparse.Namespace) -> list[int]:
+    """A refit's seeds can be fewer: it is the cell's yardstick, not what is judged."""
+    return (args.refit_seeds or args.seeds) if mode == "refit" else args.seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--topics", nargs="+", choices=sorted(TOPICS), default=list(TOPICS))
@@ -381,6 +387,10 @@ def main() -> None:
     parser.add_argument("--wrong", type=int, nargs="*", default=[300],
                         help="sizes of wrong-label batches per topic, seed and mode")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--refit-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the refit runs (default --seeds; a refit costs ~4x)")  # fmt: skip
+    parser.add_argument("--wrong-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the wrong-label runs (default --seeds)")  # fmt: skip
     parser.add_argument("--wrong-modes", nargs="+", choices=["incremental", "refit", "auto"],
                         default=["incremental"],
                         help="modes of the wrong-label runs (the label check is the same in "
@@ -400,6 +410,7 @@ def main() -> None:
                         help="keep the setup in HOME between invocations (rebuilt when its "
                         "store, topics or --setup-epochs differ)")  # fmt: skip
     args = parser.parse_args()
+    args.wrong_seeds = args.wrong_seeds or args.seeds
     interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops the server's tree
     OUT.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))
