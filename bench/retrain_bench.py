@@ -316,6 +316,37 @@ def cells(runs: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def acceptance(runs: list[dict[str, Any]]) -> str:
+    """Issue 22's acceptance, checked on the runs: rates, forgetting, share of the refit's gain."""
+    right = [r for r in runs if not r["wrong"]]
+    wrong = [r for r in runs if r["wrong"]]
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in right:
+        groups.setdefault((r["topic"], r["n"], r["mode"]), []).append(r)
+    med = lambda rs, k: _median([r[k] for r in rs if k in r])  # noqa: E731
+    rejected_cells = sum(any(r["false_rejection"] for r in rs) for rs in groups.values())
+    lines = [
+        f"false promotions: {sum(r['false_promotion'] for r in wrong)} of {len(wrong)} "
+        f"wrong-label runs",
+        f"false rejections: {sum(r['false_rejection'] for r in right)} of {len(right)} runs, "
+        f"in {rejected_cells} of {len(groups)} cells",
+    ]
+    for (topic, n, mode), rs in groups.items():
+        if mode != "incremental":
+            continue
+        rest, topic_gain = med(rs, "rest_delta"), med(rs, "topic_delta")
+        refit = med(groups.get((topic, n, "refit"), []), "topic_delta")
+        share = (
+            "-" if not refit or refit <= 0 or topic_gain is None else f"{topic_gain / refit:.0%}"
+        )
+        served = [r["served_s"] for r in rs if r["served_s"] is not None]
+        lines.append(
+            f"{topic} N={n} incremental: rest {rest if rest is None else f'{rest:+.4f}'} (median), "
+            f"topic gain {share} of the refit's, served in {served} s"
+        )
+    return "\n".join(lines)
+
+
 def save(results: dict[str, Any]) -> None:
     (OUT / "retrain_bench.json").write_text(json.dumps(results, indent=1, default=str))
 
@@ -388,7 +419,7 @@ def main() -> None:
                         help="sizes of wrong-label batches per topic, seed and mode")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--refit-seeds", type=int, nargs="+", default=None,
-                        help="seeds of the refit runs (default --seeds; a refit costs ~4x)")  # fmt: skip
+                        help="seeds of the refit runs (default --seeds)")  # fmt: skip
     parser.add_argument("--wrong-seeds", type=int, nargs="+", default=None,
                         help="seeds of the wrong-label runs (default --seeds)")  # fmt: skip
     parser.add_argument("--wrong-modes", nargs="+", choices=["incremental", "refit", "auto"],
@@ -409,7 +440,13 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="keep the setup in HOME between invocations (rebuilt when its "
                         "store, topics or --setup-epochs differ)")  # fmt: skip
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="print a saved run's table and acceptance; run nothing")  # fmt: skip
     args = parser.parse_args()
+    if args.report:
+        runs = json.loads(args.report.read_text())["runs"]
+        print(f"{cells(runs)}\n\n{acceptance(runs)}")
+        return
     args.wrong_seeds = args.wrong_seeds or args.seeds
     interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops the server's tree
     OUT.mkdir(parents=True, exist_ok=True)
@@ -433,11 +470,7 @@ def main() -> None:
         results["total_s"] = round(time.monotonic() - started, 1)
         save(results)
         runs = results["runs"]
-        print(f"\n{cells(runs)}\n")
-        right = [r for r in runs if not r["wrong"]]
-        print(f"false rejections {sum(r['false_rejection'] for r in right)} of {len(right)} "
-              f"runs; false promotions {sum(r['false_promotion'] for r in runs)} of "
-              f"{len(runs) - len(right)} wrong-label runs")  # fmt: skip
+        print(f"\n{cells(runs)}\n\n{acceptance(runs)}")
         print(f"total {results['total_s']:.0f} s; raw numbers in {OUT / 'retrain_bench.json'}")
     if args.home is None:
         shutil.rmtree(home)
