@@ -64,7 +64,7 @@ HAND_OFFS = (
 )
 
 TRACER = """
-import json, os, signal, sys, threading
+import json, os, signal, sys, threading  # noqa: E401
 
 ROOTS = tuple(os.path.join(ROOT, package) + os.sep for package in PACKAGES)
 THREADS = ("MainThread", "predict")
@@ -90,7 +90,9 @@ def disarm(signum, frame):
         json.dump(sorted(seen), f)
 
 
-if "_bentoml_impl.worker.service" in " ".join(sys.argv):
+with open("/proc/self/cmdline", "rb") as cmdline:  # sys.argv is not set up yet
+    worker = b"_bentoml_impl.worker.service" in cmdline.read()
+if worker:
     signal.signal(signal.SIGUSR1, arm)
     signal.signal(signal.SIGUSR2, disarm)
     sys.setprofile(profile)
