@@ -316,6 +316,37 @@ def cells(runs: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def acceptance(runs: list[dict[str, Any]]) -> str:
+    """Issue 22's acceptance, checked on the runs: rates, forgetting, share of the refit's gain."""
+    right = [r for r in runs if not r["wrong"]]
+    wrong = [r for r in runs if r["wrong"]]
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in right:
+        groups.setdefault((r["topic"], r["n"], r["mode"]), []).append(r)
+    med = lambda rs, k: _median([r[k] for r in rs if k in r])  # noqa: E731
+    rejected_cells = sum(any(r["false_rejection"] for r in rs) for rs in groups.values())
+    lines = [
+        f"false promotions: {sum(r['false_promotion'] for r in wrong)} of {len(wrong)} "
+        f"wrong-label runs",
+        f"false rejections: {sum(r['false_rejection'] for r in right)} of {len(right)} runs, "
+        f"in {rejected_cells} of {len(groups)} cells",
+    ]
+    for (topic, n, mode), rs in groups.items():
+        if mode != "incremental":
+            continue
+        rest, topic_gain = med(rs, "rest_delta"), med(rs, "topic_delta")
+        refit = med(groups.get((topic, n, "refit"), []), "topic_delta")
+        share = (
+            "-" if not refit or refit <= 0 or topic_gain is None else f"{topic_gain / refit:.0%}"
+        )
+        served = [r["served_s"] for r in rs if r["served_s"] is not None]
+        lines.append(
+            f"{topic} N={n} incremental: rest {rest if rest is None else f'{rest:+.4f}'} (median), "
+            f"topic gain {share} of the refit's, served in {served} s"
+        )
+    return "\n".join(lines)
+
+
 def save(results: dict[str, Any]) -> None:
     (OUT / "retrain_bench.json").write_text(json.dumps(results, indent=1, default=str))
 
@@ -327,12 +358,13 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
     try:
         results["setup"] = service.setup(shifts, args.setup_epochs, args.job_timeout)
         tag = results["setup"]["version"]
-        runs = [
+        batches = [(n, False) for n in args.sizes[:1]] + [(n, True) for n in args.wrong]
+        runs = [  # the smallest size and the wrong labels on every topic first, then the rest
             (topic, n, seed, mode, wrong, variant, clients)
+            for n, wrong in batches + [(n, False) for n in args.sizes[1:]]
             for topic in args.topics
-            for n, wrong in [(n, False) for n in args.sizes] + [(n, True) for n in args.wrong]
-            for seed in args.seeds
-            for mode in args.modes
+            for mode in (args.wrong_modes if wrong else args.modes)
+            for seed in (args.wrong_seeds if wrong else seeds_of(mode, args))
             for variant in args.envs
             for clients in args.clients
         ]
@@ -374,6 +406,11 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
             shutil.copy(service.home / "serve.log", OUT / "retrain_bench-serve.log")
 
 
+def seeds_of(mode: str, args: argparse.Namespace) -> list[int]:
+    """A refit's seeds can be fewer: it is the cell's yardstick, not what is judged."""
+    return (args.refit_seeds or args.seeds) if mode == "refit" else args.seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--topics", nargs="+", choices=sorted(TOPICS), default=list(TOPICS))
@@ -381,6 +418,14 @@ def main() -> None:
     parser.add_argument("--wrong", type=int, nargs="*", default=[300],
                         help="sizes of wrong-label batches per topic, seed and mode")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--refit-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the refit runs (default --seeds)")  # fmt: skip
+    parser.add_argument("--wrong-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the wrong-label runs (default --seeds)")  # fmt: skip
+    parser.add_argument("--wrong-modes", nargs="+", choices=["incremental", "refit", "auto"],
+                        default=["incremental"],
+                        help="modes of the wrong-label runs (the label check is the same in "
+                        "each; a refit costs the most)")  # fmt: skip
     parser.add_argument("--modes", nargs="+", choices=["incremental", "refit", "auto"],
                         default=["incremental", "refit"])  # fmt: skip
     parser.add_argument("--clients", type=int, nargs="+", default=[0])
@@ -395,7 +440,14 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="keep the setup in HOME between invocations (rebuilt when its "
                         "store, topics or --setup-epochs differ)")  # fmt: skip
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="print a saved run's table and acceptance; run nothing")  # fmt: skip
     args = parser.parse_args()
+    if args.report:
+        runs = json.loads(args.report.read_text())["runs"]
+        print(f"{cells(runs)}\n\n{acceptance(runs)}")
+        return
+    args.wrong_seeds = args.wrong_seeds or args.seeds
     interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops the server's tree
     OUT.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))
@@ -418,11 +470,7 @@ def main() -> None:
         results["total_s"] = round(time.monotonic() - started, 1)
         save(results)
         runs = results["runs"]
-        print(f"\n{cells(runs)}\n")
-        right = [r for r in runs if not r["wrong"]]
-        print(f"false rejections {sum(r['false_rejection'] for r in right)} of {len(right)} "
-              f"runs; false promotions {sum(r['false_promotion'] for r in runs)} of "
-              f"{len(runs) - len(right)} wrong-label runs")  # fmt: skip
+        print(f"\n{cells(runs)}\n\n{acceptance(runs)}")
         print(f"total {results['total_s']:.0f} s; raw numbers in {OUT / 'retrain_bench.json'}")
     if args.home is None:
         shutil.rmtree(home)

@@ -46,7 +46,7 @@ class RetrainSettings(StateSettings):
     )
     retrain_threads: int = Field(1, ge=1, description="CPU threads a retrain may use.")
     gate_margin: float = Field(
-        0.02,
+        0.03,
         ge=0,
         le=1,
         description="Non-inferiority margin in macro-F1: the candidate's one-sided lower bound "

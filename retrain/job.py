@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from core import registry
 from core.settings import RetrainSettings
 from retrain.evidence import chain_root, gather, suspects
@@ -43,7 +45,12 @@ NOT_INHERITED = (
 
 
 class Reporter:
-    """Progress into the job record, at most once a second (each write is a transaction)."""
+    """Progress into the job record, at most once a second (each write is a transaction).
+
+    A progress line lost to a database blip is logged, not fatal: the training goes
+    on, and the next write carries the newer progress. A write with fields (the mode,
+    the summary, the candidate) must land, so its error ends the job with the reason.
+    """
 
     def __init__(self, store: Store, job_id: str) -> None:
         self.store, self.job_id = store, job_id
@@ -55,8 +62,14 @@ class Reporter:
         now = time.monotonic()
         if force or fields or now - self._last >= REPORT_EVERY_S:
             self._last = now
-            with self.store.transaction() as tx:
-                jobs.report(tx, self.job_id, min(fraction, 1.0), message, **fields)
+            try:
+                with self.store.transaction() as tx:
+                    jobs.report(tx, self.job_id, min(fraction, 1.0), message, **fields)
+            except SQLAlchemyError:
+                if fields:
+                    raise
+                log.warning("job=%s progress not written (%s); training goes on", self.job_id,
+                            message, exc_info=True)  # fmt: skip
 
     def lap(self, phase: str) -> None:
         now = time.monotonic()

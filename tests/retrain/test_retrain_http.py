@@ -38,7 +38,8 @@ def trainer(
     tiny_base_model: Path, sentiment_csv: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Retrainer:
     root = tmp_path_factory.mktemp("incremental")
-    extra = REPLAY | {"INCREMENTAL_EPOCHS": "6"}
+    # The rollback test goes back to the first version: retention must not have taken it.
+    extra = REPLAY | {"INCREMENTAL_EPOCHS": "6", "RETAIN_VERSIONS": "100"}
     return Retrainer(root, "tiny-incremental", tiny_base_model, sentiment_csv, extra)
 
 
