@@ -71,18 +71,11 @@ class LocalBackend:
                 "TOKENIZERS_PARALLELISM": "false",
             }
         )
+        command = [sys.executable, "-m", "retrain", "run", "--job-id", job.id]
+        command += ["--exit-with", str(os.getpid())]
         with log_path.open("ab") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "retrain",
-                    "run",
-                    "--job-id",
-                    job.id,
-                    "--exit-with",
-                    str(os.getpid()),
-                ],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
