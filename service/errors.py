@@ -3,7 +3,8 @@
 Every error this service sends has one shape, `{"error": message}` (plus
 `details` for row-level problems), whatever route or protocol raised it: the
 Open Inference Protocol asks for exactly that, and BentoML's own bodies
-already look like it. `ErrorBoundary` sits outside our other middlewares: an
+already look like it. `ErrorBoundary` sits around our FastAPI routes and
+BentoML's router (/predict catches its own): an
 exception nothing else handled is logged once, with a request id, and
 answered at once with a JSON 500 naming that id, instead of reaching no
 `send` (BentoML's timeout middleware would then hold the client for
