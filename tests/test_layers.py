@@ -79,3 +79,49 @@ def test_the_readme_draws_the_same_layers() -> None:
         assert f"{package}/" in design, package
     assert "`service/` never imports torch" in readme
     assert "`training/` never imports `service/` or `runner/`" in readme
+
+
+BENTOML_PRIVATE = ("bentoml._internal", "_bentoml_impl", "_bentoml_sdk")
+
+
+def bentoml_misuse(path: Path) -> set[str]:
+    """Imports of BentoML's private modules, assignments to attributes of anything
+    imported from bentoml (its classes included), and service lookups by context."""
+    tree = ast.parse(path.read_text())
+    bentoml_names: set[str] = set()
+    wrong: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(BENTOML_PRIVATE):
+                    wrong.add(f"imports {alias.name}")
+                if alias.name.split(".")[0] == "bentoml":
+                    bentoml_names.add(alias.asname or "bentoml")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(BENTOML_PRIVATE):
+                wrong.add(f"imports {node.module}")
+            if node.module.split(".")[0] == "bentoml":
+                bentoml_names.update(alias.asname or alias.name for alias in node.names)
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr":
+            targets = [ast.Attribute(value=node.args[0], attr="?")] if node.args else []
+        for target in targets:
+            root = target
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if target is not root and isinstance(root, ast.Name) and root.id in bentoml_names:
+                wrong.add(f"assigns {ast.unparse(target)}")
+        if isinstance(node, ast.Attribute | ast.Name) and "get_current_service" in ast.dump(node):
+            wrong.add("looks the service up with get_current_service()")
+    return {f"{path.relative_to(ROOT)} {what}" for what in wrong}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_bentoml_is_used_through_its_public_api_only(package: str) -> None:
+    wrong = {misuse for path in files(package) for misuse in bentoml_misuse(path)}
+    assert not wrong, sorted(wrong)
