@@ -23,7 +23,7 @@ pulling its image is judged by its status, never failed for the launcher's silen
 A cancelled job's Job is deleted by whichever replica took the request (`cancel`).
 
 The server's Role (k8s/overlays/scaled/rbac.yaml) grants exactly: get on the
-one PodTemplate, and create/get/list/watch/delete on Jobs. Everything here
+one PodTemplate, and create/get/delete on Jobs. Everything here
 stays within that: no pod, log or status-subresource access.
 """
 
