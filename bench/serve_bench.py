@@ -8,8 +8,9 @@ Measures, in one run and interleaved (timings drift on shared machines):
   batch sizes 1, 8 and 64 — the best of them is what serving could reach;
   measured again right before each load level, and each ratio pairs the two;
 * our service (`bentoml serve service.service:TextClassifier`) in each
-  `--configs` WORKERS:ORT_THREADS[:nospin][:narrow] choice: single-text requests at
-  concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency;
+  `--configs` WORKERS:ORT_THREADS[:nospin][@MODEL][=CHECKOUT] choice: single-text
+  requests at concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency (a
+  CHECKOUT serves another tree's code, e.g. a `git worktree` of main, for an A/B);
 * the service a user would write first (bench/naive_service.py): BentoML's
   example shape on the same model.onnx, one worker, padded batches;
 * cold start to ready with an existing model, and the service's RSS before and
@@ -46,8 +47,6 @@ import httpx
 import psutil
 
 from core.runtime import Classifier
-from service.local_backend import STANDBY_LOG
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shared datasets sit beside the checkout (../shared), as on every dev and CI machine.
@@ -58,31 +57,31 @@ NAIVE = "naive"
 
 @dataclass(frozen=True)
 class Config:
-    """One WORKERS x ORT_THREADS choice for our service, whether ORT threads spin, whether
-    lone texts may run wide (WIDE_LONE_TEXTS), and which model it serves (another name in
-    the same store: e.g. the same weights as the previous release exported them)."""
+    """One WORKERS x ORT_THREADS choice for our service, whether ORT threads spin, which
+    model it serves (another name in the same store: e.g. the same weights as the previous
+    release exported them), and which checkout's code serves it (this one by default)."""
 
     workers: int
     threads: int
     spin: bool
     model: str | None
-    wide: bool = True
+    checkout: Path = ROOT
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        """WORKERS:ORT_THREADS[:nospin][:narrow][@MODEL]"""
+        """WORKERS:ORT_THREADS[:nospin][@MODEL][=CHECKOUT]"""
+        text, _, checkout = text.partition("=")
         text, _, model = text.partition("@")
         workers, threads, *flags = text.split(":")
-        return cls(
-            int(workers), int(threads), "nospin" not in flags, model or None, "narrow" not in flags
-        )
+        root = Path(checkout).resolve() if checkout else ROOT
+        return cls(int(workers), int(threads), "nospin" not in flags, model or None, root)
 
     @property
     def label(self) -> str:
         spin = "" if self.spin else " no spin"
-        narrow = "" if self.wide else " narrow"
         model = f" @{self.model}" if self.model else ""
-        return f"ours {self.workers}x{self.threads}{spin}{narrow}{model}"
+        checkout = f" ={self.checkout.name}" if self.checkout != ROOT else ""
+        return f"ours {self.workers}x{self.threads}{spin}{model}{checkout}"
 
     def env(self, model: str, state_dir: Path) -> dict[str, str]:
         return {
@@ -92,7 +91,6 @@ class Config:
             "WORKERS": str(self.workers),
             "ORT_THREADS": str(self.threads),
             "ORT_SPIN": str(self.spin).lower(),
-            "WIDE_LONE_TEXTS": str(self.wide).lower(),
             "ALLOW_OVERSUBSCRIPTION": "true",
         }
 
@@ -157,7 +155,7 @@ def ours(config: Config, model: str, state_dir: Path) -> Iterator[tuple[str, flo
     name = config.model or model
     version = pin_version(name, state_dir)
     command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
-    with server(command, config.env(model, state_dir), "/readyz") as started:
+    with server(command, config.env(model, state_dir), "/readyz", config.checkout) as started:
         check_serves(started[0], version)
         yield started
 
@@ -193,28 +191,16 @@ def wait_ready(url: str, timeout_s: float = 120) -> float:
     raise TimeoutError(f"{url} not ready after {timeout_s} s")
 
 
-def wait_for_standbys(state_dir: Path, workers: int, timeout_s: float = 180) -> float:
-    """Seconds until each worker's retrain standby has imported: load phases measure the
-    steady state, not a start-up with two processes importing torch beside the workers."""
-    log = state_dir / "jobs" / STANDBY_LOG
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if log.exists() and log.read_text(errors="replace").count("ready") >= workers:
-            return time.monotonic() - start
-        time.sleep(0.5)
-    raise TimeoutError(f"{workers} standbys not ready in {log} after {timeout_s} s")
-
-
 @contextmanager
 def server(
-    command: list[str], env: dict[str, str], ready_path: str
+    command: list[str], env: dict[str, str], ready_path: str, cwd: Path = ROOT
 ) -> Iterator[tuple[str, float, int]]:
-    """Start a server; yields (url, seconds from spawn to ready, pid)."""
+    """Start a server in `cwd`; yields (url, seconds from spawn to ready, pid)."""
     port = free_port()
     env = {**os.environ, **env, "PORT": str(port)}
     proc = subprocess.Popen(
         [*command, "--port", str(port)],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -421,10 +407,6 @@ def run(args: argparse.Namespace) -> None:
             server([*naive_cmd, "--working-dir", "bench"], naive_env, "/readyz")
         )[0]
         print(f"cold start to ready: {cold_s:.1f} s")
-        standbys = Settings().retrain_standby  # RETRAIN_STANDBY as the servers see it
-        for i, config in enumerate(configs if standbys else []):
-            waited = wait_for_standbys(state / str(i), config.workers)
-            print(f"{config.label}: retrain standbys imported after {waited:.0f} s more")
         bests: dict[int, list[float]] = {}
         for round_ in range(args.rounds):
             for c in CONCURRENCY:
@@ -475,7 +457,7 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=["2:1"],
-        help="our WORKERS:ORT_THREADS[:nospin][:narrow][@MODEL] choices; the first one's cold "
+        help="our WORKERS:ORT_THREADS[:nospin][@MODEL][=CHECKOUT] choices; the first one's cold "
         "start and memory are reported, and --protocols serves it",
     )
     parser.add_argument(

@@ -13,7 +13,7 @@ arena is off, so memory does not grow with every new input shape
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,22 +121,6 @@ class Scored:
     tokens: int
 
 
-@dataclass(frozen=True)
-class Wide:
-    """A second session of the same model on more threads, for cores others leave idle.
-
-    A worker asks for it per call (`score(..., wide=True)`: a lone text while the
-    other workers are quiet); with `quiet`, the classifier asks before each run
-    itself (a retrain's evaluation, `core.activity.wide_when_quiet`). A run's
-    logits are the same bits on any number of threads (bench/SERVING.md), so no
-    answer or decision depends on which session ran it.
-    """
-
-    threads: int
-    spin: bool = True
-    quiet: Callable[[], bool] | None = None
-
-
 class SideBySide:
     """Runs shared out to `threads` callers of one one-thread session (`Classifier`)."""
 
@@ -155,16 +139,13 @@ class Classifier:
     """A model folder (model.onnx + tokenizer.json) loaded for inference.
 
     Thread-safe for concurrent `predict_proba` calls: ORT sessions allow
-    concurrent `run`, and the tokenizer is read-only after construction. The
-    wide session loads at its first wide run; a worker's warm-up makes that
-    run before the classifier serves, so concurrent calls never race to load it.
+    concurrent `run`, and the tokenizer is read-only after construction.
 
     With `threads` > 1 a call of several runs shares them out to `threads`
     callers of a one-thread session (`side_by_side`): 64-text batches of tweets ran
     1.57x the rate of one text per run on a 2-thread session, where each sorted run
-    on both threads gained 1.15x (bench/SERVING.md, fifth session): one short run
-    is too small to split, two are not. A lone run still takes every thread. A
-    classifier whose wide session is chosen by `quiet` keeps its per-run choice.
+    on both threads gained 1.15x (docs/DESIGN.md #3): one short run is too small to
+    split, two are not. A lone run still takes every thread.
     """
 
     def __init__(
@@ -175,61 +156,41 @@ class Classifier:
         max_padding: float = MAX_PADDING,
         max_rows: int = MAX_RUN_ROWS,
         spin: bool = True,
-        wide: Wide | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.session = _load_session(model_dir, session_options(threads, spin))
-        self.wide = wide if wide is not None and wide.threads > threads else None
-        # Loaded at its first run: a retrain under load never needs it.
-        self.wide_session: ort.InferenceSession | None = None
-        self.wide_runs = 0  # runs `quiet` sent to the wide session (a retrain reports it)
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
         marks = self.session.get_modelmeta().custom_metadata_map
         self.batch_invariant = marks.get(BATCH_INVARIANT) == "true"
         self.max_padding = max_padding
         self.max_rows = max_rows if self.batch_invariant else 1
-        shares = threads > 1 and (self.wide is None or self.wide.quiet is None)
-        self.side_by_side = SideBySide(model_dir, threads) if shares else None
+        self.side_by_side = SideBySide(model_dir, threads) if threads > 1 else None
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Raw logits, one row per text, in input order (export parity checks use these)."""
         return self._run(texts)[0]
 
-    def score(self, texts: Sequence[str], wide: bool = False) -> Scored:
-        """Class probabilities, one row per text, in input order; `wide`: on the wide
-        session (if this classifier has one)."""
-        logits, tokens = self._run(texts, wide)
+    def score(self, texts: Sequence[str]) -> Scored:
+        """Class probabilities, one row per text, in input order."""
+        logits, tokens = self._run(texts)
         return Scored(logits, softmax(logits), tokens)
 
-    def _run(self, texts: Sequence[str], wide: bool = False) -> tuple[npt.NDArray[np.float32], int]:
+    def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int]:
         if not texts:
             raise ValueError("scoring needs at least one text")
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         lengths = [len(row) for row in ids]
         runs = length_runs(lengths, self.max_padding, self.max_rows)
-        if self.side_by_side is not None and len(runs) > 1 and not wide:
+        if self.side_by_side is not None and len(runs) > 1:
             # Heaviest first, so the last run handed out is a short one.
             runs.sort(key=lambda run: len(run) * max(lengths[i] for i in run), reverse=True)
             outputs = self.side_by_side.run(ids, runs)
         else:
-            outputs = [run_logits(self._session_for(wide), ids, run) for run in runs]
+            outputs = [run_logits(self.session, ids, run) for run in runs]
         logits = np.empty((len(ids), outputs[0].shape[1]), dtype=np.float32)
         for run, output in zip(runs, outputs, strict=True):
             logits[run] = output
         return logits, sum(lengths)
-
-    def _session_for(self, asked: bool) -> ort.InferenceSession:
-        """The session for the next run: the wide one if asked, or while its `quiet` holds."""
-        if self.wide is None:
-            return self.session
-        if not asked:
-            if self.wide.quiet is None or not self.wide.quiet():
-                return self.session
-            self.wide_runs += 1
-        if self.wide_session is None:
-            options = session_options(self.wide.threads, self.wide.spin)
-            self.wide_session = _load_session(self.model_dir, options)
-        return self.wide_session
 
     def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Class probabilities, one row per text, in input order."""

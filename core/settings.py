@@ -1,13 +1,17 @@
-"""Settings both halves read: where the state lives, and how a retrain behaves.
+"""Settings the layers below the service read: where the state lives, how a retrain
+behaves, and how retrain jobs are launched and kept.
 
-The service's `Settings` extends these; the retrain job reads only these, and
-the service forwards each one it has to the retrain process or Kubernetes Job
-(`retrain_env`), so one environment configures both.
+The service's `Settings` extends these. The retrain job reads only
+`RetrainSettings`, which the service forwards to each retrain process or
+Kubernetes Job (`retrain_env`), so one environment configures both;
+`RunnerSettings` adds what the job runner (`runner/`) needs to launch, watch and
+clean up after them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,13 +45,6 @@ class RetrainSettings(StateSettings):
         description="Name of the model in the BentoML store whose active version is served.",
     )
     retrain_threads: int = Field(1, ge=1, description="CPU threads a retrain may use.")
-    retrain_slowdown: float = Field(
-        2.5,
-        ge=0,
-        description="Under CPU contention a retrain steers its autogroup nice (from "
-        "RETRAIN_NICE up) to run about this many times slower than alone, leaving the rest "
-        "to serving; 0 keeps RETRAIN_NICE fixed (retrain/cpu_share.py).",
-    )
     gate_margin: float = Field(
         0.03,
         ge=0,
@@ -98,11 +95,6 @@ class RetrainSettings(StateSettings):
     refit_every: int = Field(
         10, ge=1, description="auto: refit after this many incremental versions in a row."
     )
-    serving_activity: Path | None = Field(
-        None,
-        description="Set by the local backend, not by hand: the serving workers' activity "
-        "file. While they are quiet, a retrain's evaluation runs on every core.",
-    )
 
     def retrain_env(self) -> dict[str, str]:
         """These settings as environment variables, for the process or Job that retrains."""
@@ -115,3 +107,33 @@ class RetrainSettings(StateSettings):
         env["STATE_DIR"] = str(self.state_dir)
         env["DATABASE_URL"] = self.resolved_database_url
         return env
+
+
+class RunnerSettings(RetrainSettings):
+    """How the job runner launches retrain jobs, watches them and cleans up after them."""
+
+    retrain_backend: Literal["local", "kubernetes"] = "local"
+    retrain_timeout_s: int = Field(3600, ge=10)
+    job_stale_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A running job nothing has heartbeated for this long is failed: "
+        "its training process and its runner both beat while alive.",
+    )
+    retain_versions: int = Field(
+        5,
+        ge=0,
+        description="Rejected, retired and abandoned versions kept, most recently changed "
+        "first; older ones are deleted, with their job logs, after each job. The active "
+        "version, its rollback target and their incremental chains are always kept.",
+    )
+    retain_version_days: float = Field(
+        30.0,
+        ge=0,
+        description="Nor is one of those kept longer than this many days after its status "
+        "last changed; 0: no age limit.",
+    )
+    retrain_pod_template: str = Field(
+        "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
+    )
+    pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")

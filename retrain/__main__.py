@@ -1,9 +1,8 @@
-"""`python -m retrain run | standby | bootstrap`: the code that joins training and the store.
+"""`python -m retrain run | bootstrap`: the code that joins training and the store.
 
-`run` executes one queued retrain job (the service launches it as a child
-process or a Kubernetes Job); `standby` is the same, imported ahead of its job
-(see `standby`); `bootstrap` is the first run of `make serve`. Settings come
-from the environment (`core.settings.RetrainSettings`).
+`run` executes one queued retrain job (the job runner launches it as a child
+process or a Kubernetes Job); `bootstrap` is the first run of `make serve`.
+Settings come from the environment (`core.settings.RetrainSettings`).
 """
 
 from __future__ import annotations
@@ -11,29 +10,32 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 log = logging.getLogger("retrain")
 OOM_SCORE_ADJ = 1000  # the kernel's maximum: chosen first under memory pressure
+ORPHANED = 3  # exit code of a job whose launching worker died
+PARENT_CHECK_S = 1.0
 
 
-def run(job_id: str) -> int:
+def run(job_id: str, parent: int | None = None) -> int:
+    """Run one job; with `parent`, exit as soon as that process (our parent) is gone."""
+    from core.periodic import Periodic
+
+    # Watching from the start: the imports below take seconds.
+    orphaned = Periodic("parent-watch", PARENT_CHECK_S, _exit_if_orphaned(parent))
+    if parent is not None:
+        orphaned.start()
     from core.settings import RetrainSettings
-    from retrain.cpu_share import SlowdownGovernor
     from retrain.job import run_job
     from store import jobs, open_store
     from store.jobs import JobState
 
     settings = RetrainSettings()
     store = open_store(settings.resolved_database_url)
-    governor = SlowdownGovernor(settings.retrain_slowdown) if settings.retrain_slowdown else None
     try:
-        if governor is not None:
-            governor.start()
         state = run_job(job_id, store, settings)
     except Exception as exc:
         # Record why before dying, so GET /jobs/{id} says it rather than "process exited".
@@ -41,11 +43,27 @@ def run(job_id: str) -> int:
             jobs.finish(tx, job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if governor is not None:
-            governor.stop()
-            log.info("autogroup nice over the job (per second): %s", governor.summary())
+        orphaned.stop()
     sys.stdout.write(state + "\n")
     return 0
+
+
+def _exit_if_orphaned(parent: int | None) -> Callable[[], None]:
+    """A check that ends this process once `parent` is no longer its parent (it died).
+
+    A local job's runner is the only one that may kill it (cancel, time limit), so
+    a job whose serving worker died would otherwise train on unwatched, holding
+    the one running slot. Exiting stops its heartbeats: within JOB_STALE_SECONDS
+    any runner fails it. The worker names itself (`--exit-with`): a parent read
+    here could already be the one the job was handed to after the worker died.
+    """
+
+    def check() -> None:
+        if os.getppid() != parent:
+            log.warning("the process that started this job (pid %d) is gone: exiting", parent)
+            os._exit(ORPHANED)
+
+    return check
 
 
 def _volunteer_for_oom_kill() -> None:
@@ -62,65 +80,13 @@ def _volunteer_for_oom_kill() -> None:
         log.warning("oom_score_adj not raised (%s): an OOM may pick the server first", exc)
 
 
-def _log_to(path: Path) -> None:
-    """Send this process's stdout and stderr (file descriptors 1 and 2) to `path`, appending."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def standby(parser: argparse.ArgumentParser) -> int:
-    """Import what a job needs, then wait on stdin for the job: a warm start for local retrains.
-
-    Importing torch, transformers and ONNX Runtime's tools is ~6 s of every cold
-    job (`python -X importtime`); the local backend keeps one of these waiting
-    between jobs, so a job pays that while the service is idle instead. The line
-    it reads is `run`'s arguments (`run --job-id ID --log PATH`); end of input,
-    the runner stopping, ends it.
-
-    The imports run at autogroup nice 19: work done ahead must not slow serving.
-    Each worker's standby starts 15 s after the server, and at RETRAIN_NICE the two
-    took a third of the CPU from 64 clients while they imported (bench/SERVING.md,
-    2026-12-01 sixth session). A job's line, read meanwhile, puts the level back.
-    """
-    from retrain.cpu_share import MAX_NICE, autogroup_nice, set_session_nice
-
-    level = autogroup_nice()
-    restore = level if level is not None and set_session_nice(MAX_NICE) else None
-    line = ""
-
-    def wait_for_job() -> None:
-        nonlocal line
-        line = sys.stdin.readline()
-        if restore is not None:
-            set_session_nice(restore)
-
-    reader = threading.Thread(target=wait_for_job, name="job-line", daemon=True)
-    reader.start()
-    import retrain.job  # noqa: F401  (the imports are the point)
-
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    reader.join()
-    if not line.strip():
-        return 0
-    args = parser.parse_args(shlex.split(line))
-    if args.command != "run" or args.log is None:
-        parser.error(f"standby takes `run --job-id ID --log PATH`, not {line.strip()!r}")
-    _log_to(args.log)
-    return run(args.job_id)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     job = sub.add_parser("run", help="run one queued retrain job (DATABASE_URL, BENTOML_HOME)")
     job.add_argument("--job-id", required=True)
-    job.add_argument("--log", type=Path, help="append stdout and stderr to this file")
-    sub.add_parser("standby", help="import, then run the job whose `run` arguments come on stdin")
+    job.add_argument("--exit-with", type=int, metavar="PID",
+                     help="exit once PID, the process that launched this job, is gone")  # fmt: skip
     sub.add_parser("bootstrap", help="first run: a quick model now, the full one queued")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(
@@ -130,14 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for ours in ("retrain", "training", "core", "store"):
         logging.getLogger(ours).setLevel(logging.INFO)
-    if args.command in ("run", "standby"):
-        _volunteer_for_oom_kill()
     if args.command == "run":
-        if args.log is not None:
-            _log_to(args.log)
-        return run(args.job_id)
-    if args.command == "standby":
-        return standby(parser)
+        _volunteer_for_oom_kill()
+        return run(args.job_id, args.exit_with)
     from retrain.bootstrap import main as bootstrap
 
     return bootstrap(rest)

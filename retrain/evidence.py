@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from core import registry
-from core.activity import wide_when_quiet
 from core.registry import ModelVersion
 from core.settings import RetrainSettings
 from core.text import text_key
@@ -69,8 +68,7 @@ def gather(
     if active is None or not rows:
         return evidence, rows
     threads = settings.retrain_threads
-    wide = wide_when_quiet(settings.serving_activity, threads)
-    evidence.active = version_predictions(active, texts, labels, threads, wide)
+    evidence.active = version_predictions(active, texts, labels, threads)
     reference, why, revision = root
     evidence.reference_missing = why
     if reference is not None:
@@ -79,7 +77,7 @@ def gather(
             [text_key(r.text) not in trained and (revision is None or r.revision <= revision)
              for r in rows], dtype=bool,
         )  # fmt: skip
-        predictions = version_predictions(reference, texts, labels, threads, wide)
+        predictions = version_predictions(reference, texts, labels, threads)
         evidence.reference = Reference(reference.tag, predictions, comparable)
     new = [r for r in (*plan.train, *plan.eval) if r.new and text_key(r.text) not in (seen or ())]
     old = [(r.text, r.label) for r in rows if not r.new]

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.registry import ModelVersion
-from core.runtime import Classifier, Wide
+from core.runtime import Classifier
 from core.settings import RetrainSettings
 from core.text import text_key
 from retrain.labels import LabelNoise
@@ -112,9 +112,8 @@ def compare(
 
 
 def version_predictions(
-    version: ModelVersion, texts: Sequence[str], labels: Sequence[str], threads: int,
-    wide: Wide | None = None,
-) -> Ints:  # fmt: skip
+    version: ModelVersion, texts: Sequence[str], labels: Sequence[str], threads: int
+) -> Ints:
     """`version`'s labels as indices into `labels` (-1: a label it does not have).
 
     Texts it was already evaluated on (as a candidate) are not scored again.
@@ -124,7 +123,7 @@ def version_predictions(
     keys = [text_key(t) for t in texts]
     missing = [t for t, k in zip(texts, keys, strict=True) if k not in known]
     if missing:
-        classifier = Classifier(version.path, version.max_length, threads, wide=wide)
+        classifier = Classifier(version.path, version.max_length, threads)
         scored = classifier.predict_indices(missing)
         known |= dict(zip((text_key(t) for t in missing), scored, strict=True))
     return np.array([index.get(version.labels[known[k]], -1) for k in keys], dtype=np.int64)

@@ -97,7 +97,6 @@ def build_config(
         "epochs": settings.incremental_epochs if incremental else settings.refit_epochs,
         "parent": active.tag if active else None,
         "threads": settings.retrain_threads,
-        "serving_activity": settings.serving_activity,
         "class_counts": plan.class_counts,
     }
     if incremental:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core import registry
 from core.text import EVAL_FRACTION, in_eval_split
+from runner.queue import JobRunner
 from service.admin_schemas import (
     Activated,
     CancelRequest,
@@ -41,7 +42,6 @@ from service.admin_schemas import (
 )
 from service.docs import error_responses
 from service.errors import ErrorDetail, RefusedError
-from service.runner import stop_cancelled, wake_job_runner
 from service.settings import Settings
 from store import Store, examples, jobs, revert, versions
 from store.examples import StoredExample
@@ -108,11 +108,13 @@ def _no_job(job_id: str) -> RefusedError:
 
 
 class AdminApi:
-    """The admin routes over one store; `router` is what the service mounts."""
+    """The admin routes over one store; `router` is what the service mounts. `runner` is
+    this worker's job runner: woken to claim a job it queued, told to stop a cancelled one."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, runner: JobRunner) -> None:
         self.store = store
         self.settings = settings
+        self.runner = runner
         self.router = APIRouter(
             tags=["admin"],
             dependencies=[Security(bearer)],
@@ -315,7 +317,7 @@ class AdminApi:
         body = body or RetrainRequest()
         params = {"mode": body.mode, "training": body.training_overrides()}
         out: RetrainOut = self._store(body, params)
-        wake_job_runner()
+        self.runner.wake()  # claim it now, not at the next poll
         return out
 
     def list_jobs(self) -> JobList:
@@ -351,7 +353,7 @@ class AdminApi:
         if job is None:
             raise _no_job(job_id)
         if job.started_at is not None:
-            stop_cancelled(job.id)
+            self.runner.cancel(job.id)
         return JobOut.of(job)
 
     # --- versions -------------------------------------------------------------

@@ -5,7 +5,7 @@ in a thread pool and documents every route; the handlers below make each
 refusal an `ErrorBody`: a `RefusedError` keeps its status, a request that
 does not match its model is a 422 naming each problem (400 when the body is
 not JSON at all), and Starlette's own 404/405 say what to do. `ApiRoutes`
-(`service.guards`) puts this app in front of BentoML.
+(`service.guards`) puts this app before BentoML's router.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
+from runner.queue import JobRunner
 from service.admin import AdminApi
-from service.dataplane import DataPlane
 from service.errors import (
     ErrorBody,
     RefusedError,
@@ -31,6 +31,7 @@ from service.errors import (
     log_failure,
     new_request_id,
 )
+from service.predict_route import Scoring
 from service.protocols import hf, v2
 from service.settings import Settings
 from store import Store
@@ -106,8 +107,9 @@ async def _failed(request: Request, exc: Exception) -> JSONResponse:
     return _answer(500, ErrorBody(error=internal_error_message(request_id)))
 
 
-def build_api(store: Store, settings: Settings, plane: DataPlane) -> FastAPI:
-    """The app `ApiRoutes` serves; `plane` is the scoring path behind it (BentoML's /predict)."""
+def build_api(store: Store, settings: Settings, scoring: Scoring, runner: JobRunner) -> FastAPI:
+    """The app `ApiRoutes` serves: the protocols over `scoring` (/predict's batches), and the
+    admin routes over `store`, waking and stopping jobs through this worker's `runner`."""
     api = FastAPI(
         title="selftune",
         description="A text classifier that fine-tunes itself: predict, the Hugging Face and "
@@ -123,8 +125,7 @@ def build_api(store: Store, settings: Settings, plane: DataPlane) -> FastAPI:
             Exception: _failed,
         },
     )
-    api.state.dataplane = plane
-    api.include_router(hf.router)
-    api.include_router(v2.build_router(plane))
-    api.include_router(AdminApi(store, settings).router)
+    api.include_router(hf.build_router(scoring))
+    api.include_router(v2.build_router(scoring))
+    api.include_router(AdminApi(store, settings, runner).router)
     return api

@@ -1,15 +1,14 @@
-"""Our routes in front of BentoML's: `ApiRoutes`, and the admin token check.
+"""Our routes before BentoML's router: `ApiRoutes`, and the admin token check.
 
 `ApiRoutes` sends the paths of our FastAPI app (admin, Hugging Face, Open
 Inference Protocol) there, admin ones after the bearer-token check and before
 any body is read, and answers /docs.json for the whole surface; everything else
-goes on to BentoML. `RequestGuard` (`service.request_body`) caps each family's
-bodies and, added after `ApiRoutes`, whatever else reaches BentoML.
+goes on to BentoML's router. `RequestGuard` (`service.errors`) caps each
+family's bodies.
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
 from collections.abc import Callable
 
@@ -19,27 +18,22 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import ALSO_ALLOWED
-from service.dataplane import DataPlane
 from service.docs import DOCS_ROUTE, OpenApiDocument
-from service.errors import JSON_MEDIA_TYPE, send_json, send_json_error
+from service.errors import JSON_MEDIA_TYPE, RequestGuard, send_json, send_json_error
 from service.protocols.v2_binary import BinaryRequests
-from service.request_body import RequestGuard
-from service.schemas import PREDICT_ROUTE
-from service.settings import get_settings
+from service.settings import Settings
 
 ADMIN_PREFIXES = ("/examples", "/retrain", "/jobs", "/models")
 V2_PREFIX = "/v2"
-MATCH_CACHE = 4096  # distinct (path, method) pairs remembered
-BENTOML_ROUTES = frozenset({PREDICT_ROUTE, "/livez", "/readyz", "/healthz", "/metrics"})
 # BentoML's index page shares "/" with our Hugging Face route (POST).
 BENTOML_SHARED = frozenset({("/", "GET"), ("/", "HEAD")})
 # tritonclient sends JSON without a Content-Type, and binary tensors as octet-stream.
 V2_MEDIA_TYPES = frozenset({JSON_MEDIA_TYPE, "", "application/octet-stream"})
 
 
-def admin_refusal(scope: Scope) -> tuple[int, str] | None:
+def admin_refusal(scope: Scope, settings: Settings) -> tuple[int, str] | None:
     """Why an admin request may not go on (status, message), or None when its token is right."""
-    token = get_settings().admin_token
+    token = settings.admin_token
     if token is None:
         return 403, (
             "admin endpoints are disabled: set the ADMIN_TOKEN environment variable "
@@ -55,28 +49,31 @@ def admin_refusal(scope: Scope) -> tuple[int, str] | None:
 
 
 class ApiRoutes:
-    """Our FastAPI routes (admin, protocols) and /docs.json in front of BentoML's.
+    """Our FastAPI routes (admin, protocols) and /docs.json, before BentoML's router.
 
     A request goes to our app when one of its routes matches its path (a
     wrong method is then our 405, whose Allow also names BentoML's methods on
     a shared path); the rest goes on to BentoML. Admin requests are refused
     before their body is read when the token is wrong. Each family has its own
     body guard: admin uploads have a larger cap, and V2 clients send JSON
-    without a Content-Type or binary tensors. Added outermost (after the error
-    boundary).
+    without a Content-Type or binary tensors. It sits inside the error boundary
+    (`service.service`).
     """
 
-    def __init__(self, app: ASGIApp, api_factory: Callable[[DataPlane], FastAPI]) -> None:
+    def __init__(
+        self, app: ASGIApp, api_factory: Callable[[], FastAPI], settings: Settings
+    ) -> None:
         self.app = app
         self.api_factory = api_factory
+        self.settings = settings
         self._api: FastAPI | None = None
         self._guards: list[tuple[tuple[str, ...], ASGIApp]] = []
         self._document = OpenApiDocument()
 
     def _ensure_api(self) -> FastAPI:
         if self._api is None:
-            settings = get_settings()
-            api = self.api_factory(DataPlane())
+            settings = self.settings
+            api = self.api_factory()
             self._guards = [
                 (
                     ADMIN_PREFIXES,
@@ -96,16 +93,12 @@ class ApiRoutes:
         return self._api
 
     def _ours(self, scope: Scope) -> bool:
-        """Whether our app answers: a route matches, or matches the path with another method."""
-        if scope["path"] in BENTOML_ROUTES or (scope["path"], scope["method"]) in BENTOML_SHARED:
-            return False  # BentoML's routes pay no route matching
-        return self._matches(scope["path"], scope["method"])
+        """Whether our app answers: a route matches, or matches the path with another method.
 
-    @functools.lru_cache(maxsize=MATCH_CACHE)  # noqa: B019  # one ApiRoutes per worker, for good
-    def _matches(self, path: str, method: str) -> bool:
-        """Route matching by path and method alone (~45 us a request uncached; no route of
-        ours depends on anything else in the scope)."""
-        scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+        Starlette's own matching, per request: ~45 us, about 1% of the CPU a one-text
+        request costs, so it is not cached (docs/DESIGN.md #4)."""
+        if (scope["path"], scope["method"]) in BENTOML_SHARED:
+            return False
         matches = [route.matches(scope)[0] for route in self._ensure_api().router.routes]
         return Match.FULL in matches or Match.PARTIAL in matches
 
@@ -121,7 +114,7 @@ class ApiRoutes:
             await self.app(scope, receive, send)
             return
         if path.startswith(ADMIN_PREFIXES):
-            refusal = admin_refusal(scope)
+            refusal = admin_refusal(scope, self.settings)
             if refusal is not None:
                 await send_json_error(send, *refusal)
                 return

@@ -23,8 +23,8 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
-import bentoml
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -95,8 +95,8 @@ class ServiceMetrics:
             namespace=NAMESPACE,
             buckets=TOKEN_BUCKETS,
         )
-        # Our routes are answered in front of BentoML's app (docs/DESIGN.md #4), so
-        # BentoML's request series count only its own; these count every request.
+        # BentoML's request series label each raw path (/examples/42, any unknown path);
+        # these count every request by a bounded route family (docs/DESIGN.md #12).
         self.requests = Counter(
             "http_requests",
             "HTTP requests answered, by route family (see route_family) and status.",
@@ -109,12 +109,6 @@ class ServiceMetrics:
             ["route"],
             namespace=NAMESPACE,
             buckets=LATENCY_BUCKETS,
-        )
-        self.wide_runs = Counter(
-            "wide_runs",
-            "Lone texts scored on every worker's threads because the other workers were quiet "
-            "(WIDE_LONE_TEXTS).",
-            namespace=NAMESPACE,
         )
 
         self.retrain_jobs = Counter(
@@ -144,7 +138,7 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
         )
 
-        # Set by every worker from its job runner's poll (service.runner); the most recent
+        # Set by every worker from its job runner's poll (runner.queue); the most recent
         # value of a live worker is the one /metrics shows.
         self.directory_bytes = Gauge(
             "directory_bytes",
@@ -208,12 +202,9 @@ class ServiceMetrics:
         confidences: Sequence[float],
         seconds: float,
         tokens: int,
-        wide: bool = False,
     ) -> None:
         """Record one scored batch (`labels`/`confidences`: the winner per text)."""
         self.batch_size.observe(len(labels))
-        if wide:
-            self.wide_runs.inc()
         self.batch_seconds.observe(seconds)
         self.batch_tokens.observe(tokens)
         for label, count in collections.Counter(labels).items():
@@ -253,11 +244,18 @@ def route_family(path: str) -> str:
     return "other"
 
 
+class HasMetrics(Protocol):
+    """What `RequestMetrics` is handed: the worker, whose `metrics` exist before any request."""
+
+    metrics: ServiceMetrics
+
+
 class RequestMetrics:
     """ASGI: count every HTTP request by route family and status, and time it."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, worker: HasMetrics) -> None:
         self.app = app
+        self.worker = worker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -276,7 +274,5 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, counted)
         finally:
-            metrics: ServiceMetrics | None = getattr(bentoml.get_current_service(), "metrics", None)
-            if metrics is not None:
-                seconds = (answered or time.perf_counter()) - start
-                metrics.observe_request(route_family(scope["path"]), status, seconds)
+            seconds = (answered or time.perf_counter()) - start
+            self.worker.metrics.observe_request(route_family(scope["path"]), status, seconds)

@@ -15,14 +15,13 @@ activation and rollback move.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import registry
-from core.activity import Activity
 from core.periodic import Periodic
 from core.registry import ModelVersion
-from core.runtime import Classifier, Scored, Wide
+from core.runtime import Classifier
 from store import Store, versions
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,12 @@ class LoadedModel:
     """A version and its loaded classifier: read together so they can never disagree."""
 
     version: ModelVersion
-    # With a wide session on every worker's threads, for a lone text while the others are quiet.
     classifier: Classifier
+    version_id: str  # `version.version`, read by every batch: worked out once
+
+    @classmethod
+    def of(cls, version: ModelVersion, classifier: Classifier) -> LoadedModel:
+        return cls(version, classifier, version.version)
 
 
 def active_version_resolver(store: Store, model_name: str) -> Resolver:
@@ -90,14 +93,10 @@ class ModelHolder:
         threads: int,
         poll_seconds: float,
         spin: bool = True,
-        wide_threads: int = 0,
-        activity: Activity | None = None,
     ) -> None:
         self._resolver = resolver
         self._threads = threads
         self._spin = spin
-        self._wide_threads = wide_threads if activity is not None else 0
-        self._activity = activity
         self._loaded: LoadedModel | None = None
         self._failed_tag: str | None = None
         self._poller = Periodic("model-poller", poll_seconds, self.refresh)
@@ -143,26 +142,9 @@ class ModelHolder:
 
     def _load(self, tag: str) -> LoadedModel:
         version = registry.get(tag)
-        wide = Wide(self._wide_threads, self._spin) if self._wide_threads else None
-        classifier = Classifier(
-            version.path, version.max_length, self._threads, spin=self._spin, wide=wide
-        )
+        classifier = Classifier(version.path, version.max_length, self._threads, spin=self._spin)
         classifier.score(WARMUP_TEXTS)
-        if classifier.wide is not None:
-            classifier.score(WARMUP_TEXTS[:1], wide=True)
-        return LoadedModel(version, classifier)
-
-    def score(self, loaded: LoadedModel, texts: Sequence[str]) -> tuple[Scored, bool]:
-        """Score with `loaded`; a lone text runs wide if the other workers are quiet.
-
-        Returns the scores and whether they came from the wide session.
-        """
-        classifier = loaded.classifier
-        if self._activity is None:
-            return classifier.score(texts), False
-        wide = classifier.wide is not None and len(texts) == 1 and self._activity.quiet()
-        with self._activity.running():
-            return classifier.score(texts, wide), wide
+        return LoadedModel.of(version, classifier)
 
     def start(self) -> None:
         """Load what is active now, then keep polling in a daemon thread."""

@@ -1,19 +1,17 @@
-"""POST /predict, answered in front of BentoML's app, with batching of our own.
+"""POST /predict and the batches every protocol's texts join.
 
-At 64 clients BentoML's request path (its middlewares, router, endpoint,
-batch dispatcher and thread hop) spent 1.3-1.6 ms of event-loop CPU per
-request against ~3.3 ms of ONNX Runtime per text, which held single-text
-serving at ~0.7 of the model's in-process rate on 2 cores; answered here it
-costs a fraction of that (docs/DESIGN.md #4, bench/SERVING.md). BentoML still
-runs the workers, their start-up and shutdown, and its own routes (health,
-metrics, its index page); `PredictRoute` passes everything but `POST /predict`
-on to our other routes and BentoML's app behind them (`service.service`).
+`PredictRoute` is an ASGI layer of ours inside BentoML's app (`service.service`):
+it answers `POST /predict` itself, without BentoML's router, endpoint and batch
+dispatcher, which cost 1.3-1.6 ms of event-loop CPU per request against ~3.3 ms
+of ONNX Runtime per text (docs/DESIGN.md #4), and passes every other request on.
 
-Batching is continuous: a request joins its worker's queue, and the model
-thread takes every queued text (up to MAX_BATCH_SIZE) whenever it is free, so
-a lone request never waits and a crowd fills batches by itself. A request is
-shed with 503 when the texts ahead of it would take longer than MAX_LATENCY_MS
-at the recent cost per text, or when it has waited that long already.
+`Scoring` is one worker's scoring path, which /predict and the protocol adapters
+(`service.protocols`) share. Its batching is continuous: a request joins the
+worker's queue, and the model thread takes every queued text (up to
+MAX_BATCH_SIZE) whenever it is free, so a lone request never waits and a crowd
+fills batches by itself. A request is shed with 503 when the texts ahead of it
+would take longer than MAX_LATENCY_MS at the recent cost per text, or when it has
+waited that long already.
 """
 
 from __future__ import annotations
@@ -25,14 +23,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
-import bentoml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.runtime import Scored
 from service.errors import (
     RefusedError,
+    RequestGuard,
     error_bytes,
     internal_error_message,
     invalid_request,
@@ -42,9 +41,8 @@ from service.errors import (
 )
 from service.metrics import ServiceMetrics
 from service.model_holder import LoadedModel, ModelHolder
-from service.request_body import RequestGuard
-from service.schemas import PREDICT_ROUTE, Prediction, Texts, predictions
-from service.settings import get_settings
+from service.schemas import PREDICT_ROUTE, Prediction, Texts
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 COST_SMOOTHING = 0.2  # weight of the newest batch in the cost per text
@@ -165,43 +163,19 @@ def _settle(
         start = end
 
 
-def score_batch(
-    holder: ModelHolder, metrics: ServiceMetrics, texts: Sequence[str]
-) -> list[Prediction]:
-    """Score one batch with the model served now, and record it in the metrics."""
-    # Read the reference once: a swap during this batch must not split it across two
-    # models, and `model_version` must name the one that scored it.
-    loaded = holder.current()
-    start = time.perf_counter()
-    scored, wide = holder.score(loaded, texts)
-    seconds = time.perf_counter() - start
-    version = loaded.version.version
-    answers = predictions(scored, loaded.version.labels, version)
-    metrics.observe_batch(
-        version,
-        [a.label for a in answers],
-        [a.score for a in answers],
-        seconds,
-        scored.tokens,
-        wide,
-    )
-    return answers
-
-
-def served_model() -> LoadedModel | None:
-    """The model this worker serves now, or None before the first one is loaded."""
-    holder = getattr(bentoml.get_current_service(), "holder", None)
-    return holder.current() if holder is not None and holder.ready else None
-
-
-def no_model_message() -> str:
-    settings = get_settings()
-    return (
-        f"no version of model {settings.model_name!r} is loaded yet: train one with "
-        f"`make serve` (first run) or `python -m training fit --data FILE.csv "
-        f"--name {settings.model_name}`; every worker picks it up within "
-        f"{settings.model_poll_seconds:g} s"
-    )
+def predictions(scored: Scored, labels: Sequence[str], model_version: str) -> list[Prediction]:
+    """One Prediction per text of `scored` (columns in the order of `labels`)."""
+    winners = scored.probabilities.argmax(axis=1)
+    return [
+        Prediction(
+            label=labels[best],
+            score=float(row[best]),
+            scores=dict(zip(labels, map(float, row), strict=True)),
+            logits=dict(zip(labels, map(float, raw), strict=True)),
+            model_version=model_version,
+        )
+        for row, raw, best in zip(scored.probabilities, scored.logits, winners, strict=True)
+    ]
 
 
 OVERLOADED = (
@@ -210,17 +184,63 @@ OVERLOADED = (
 )
 
 
-async def classify(texts: Sequence[str]) -> list[Prediction]:
-    """Every text's Prediction, in order, through this worker's batches.
+class Scoring:
+    """One worker's scoring path: the model it serves now, and the batches it runs.
 
     What /predict and each protocol adapter call; a refusal is a RefusedError
     with the status and message the client gets.
     """
-    try:
-        checked = _TEXTS.validate_python(texts)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-    return await _submit(checked)
+
+    def __init__(self, holder: ModelHolder, metrics: ServiceMetrics, settings: Settings) -> None:
+        self.holder = holder
+        self.metrics = metrics
+        self.batcher = Batcher(self.score, settings.max_batch_size, settings.max_latency_ms / 1000)
+        self.no_model = (
+            f"no version of model {settings.model_name!r} is loaded yet: train one with "
+            f"`make serve` (first run) or `python -m training fit --data FILE.csv "
+            f"--name {settings.model_name}`; every worker picks it up within "
+            f"{settings.model_poll_seconds:g} s"
+        )
+
+    def score(self, texts: Sequence[str]) -> list[Prediction]:
+        """One batch, with the model served now, recorded in the metrics (model thread)."""
+        # Read the reference once: a swap during this batch must not split it across two
+        # models, and `model_version` must name the one that scored it.
+        loaded = self.holder.current()
+        start = time.perf_counter()
+        scored = loaded.classifier.score(texts)
+        seconds = time.perf_counter() - start
+        answers = predictions(scored, loaded.version.labels, loaded.version_id)
+        labels, scores = [a.label for a in answers], [a.score for a in answers]
+        self.metrics.observe_batch(loaded.version_id, labels, scores, seconds, scored.tokens)
+        return answers
+
+    def model(self) -> LoadedModel | None:
+        """The model this worker serves now, or None before the first one is loaded."""
+        return self.holder.current() if self.holder.ready else None
+
+    def require_model(self) -> LoadedModel:
+        loaded = self.model()
+        if loaded is None:
+            raise RefusedError(503, self.no_model)
+        return loaded
+
+    async def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        """Every text's Prediction, in order, through this worker's batches."""
+        try:
+            checked = _TEXTS.validate_python(texts)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        return await self.submit(checked)
+
+    async def submit(self, texts: list[str]) -> list[Prediction]:
+        """Valid texts into the queue; BentoML's timeout (REQUEST_TIMEOUT_S) bounds the wait."""
+        if not self.holder.ready:
+            raise RefusedError(503, self.no_model)
+        try:
+            return await self.batcher.submit(texts)
+        except OverloadedError:
+            raise RefusedError(503, OVERLOADED) from None
 
 
 def _parse(body: bytes) -> list[str]:
@@ -231,48 +251,40 @@ def _parse(body: bytes) -> list[str]:
         raise _invalid(exc) from None
 
 
-async def _submit(texts: list[str]) -> list[Prediction]:
-    service = bentoml.get_current_service()
-    batcher: Batcher | None = getattr(service, "batcher", None)
-    holder: ModelHolder | None = getattr(service, "holder", None)
-    if batcher is None or holder is None or not holder.ready:
-        raise RefusedError(503, no_model_message())
-    timeout = get_settings().request_timeout_s
-    try:
-        async with asyncio.timeout(timeout):  # no task per request, unlike wait_for
-            return await batcher.submit(texts)
-    except OverloadedError:
-        raise RefusedError(503, OVERLOADED) from None
-    except TimeoutError:
-        raise RefusedError(
-            504, f"scoring took longer than REQUEST_TIMEOUT_S ({timeout} s); retry later"
-        ) from None
-
-
 def _invalid(exc: ValidationError) -> RefusedError:
     body = invalid_request(exc.errors(include_url=False, include_input=False))
     return RefusedError(400, body.error, body.details)
 
 
+class HasScoring(Protocol):
+    """What `PredictRoute` is handed: the worker, whose `scoring` exists before any request."""
+
+    scoring: Scoring
+
+
 class PredictRoute:
     """ASGI: answer `POST /predict` here, pass everything else on to `app` (our other
-    routes, then BentoML's app)."""
+    routes, then BentoML's)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, worker: HasScoring, max_body_bytes: int) -> None:
         self.app = app
-        self.guarded = RequestGuard(self._predict, get_settings().max_body_bytes)
+        self.worker = worker
+        self.guarded = RequestGuard(self._predict, max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == PREDICT_ROUTE and scope["method"] == "POST":
+        if scope["type"] != "http" or scope["path"] != PREDICT_ROUTE:
+            await self.app(scope, receive, send)
+        elif scope["method"] == "POST":
             await self.guarded(scope, receive, send)
         else:
-            await self.app(scope, receive, send)
+            message = f"{scope['method']} is not allowed on {PREDICT_ROUTE}; use POST"
+            await send_json(send, 405, error_bytes(message), [(b"allow", b"POST")])
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()  # RequestGuard replays the whole body in one message
         try:
             texts = _parse(message.get("body", b""))
-            status, body = 200, _ANSWERS.dump_json(await _submit(texts))
+            status, body = 200, _ANSWERS.dump_json(await self.worker.scoring.submit(texts))
         except RefusedError as refused:
             _log_refusal(refused)
             status = refused.status
@@ -290,20 +302,3 @@ def _log_refusal(refused: RefusedError) -> None:
         log.warning("POST %s: shed, %s", PREDICT_ROUTE, refused.message)
     else:
         log.info("POST %s: refused %d, %s", PREDICT_ROUTE, refused.status, refused.message)
-
-
-def put_in_front(service: bentoml.Service[Any], wrap: Callable[[ASGIApp], ASGIApp]) -> None:
-    """Make every worker of `service` serve `wrap(BentoML's app)` instead of BentoML's app.
-
-    A worker builds its app with `Service.to_asgi`, the method BentoML also
-    offers for mounting a service elsewhere; `bentoml` is pinned exactly, and
-    the batching and request-metric tests over HTTP fail if this stops taking effect.
-    """
-    cls = type(service)
-    bentoml_app = cls.to_asgi
-
-    def to_asgi(self: bentoml.Service[Any], is_main: bool = True) -> ASGIApp:
-        app = bentoml_app(self, is_main)
-        return wrap(app) if self is service else app
-
-    cls.to_asgi = to_asgi

@@ -1,19 +1,17 @@
 """The predict contract: what a request may carry, and what each text gets back.
 
-BentoML validates each request against these types; anything they refuse
-(empty list, non-string item, too many texts, a text over the character cap)
-becomes a 400 with the reason. Limits come from `Settings`, read at import
-time because BentoML builds the request schema when the service is defined.
+/predict and every protocol validate texts against these types; anything they
+refuse (empty list, non-string item, too many texts, a text over the character
+cap) becomes a 4xx with the reason. Limits come from `Settings`, read at import
+time because the types (and the documented schema) are made from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictStr
 
-from core.runtime import Scored
 from service.settings import get_settings
 
 _settings = get_settings()
@@ -53,18 +51,3 @@ class Prediction(BaseModel):
         description="The model's raw output per label; `scores` is their softmax."
     )
     model_version: str = Field(description="The model version that scored this text.")
-
-
-def predictions(scored: Scored, labels: Sequence[str], model_version: str) -> list[Prediction]:
-    """One Prediction per text of `scored` (columns in the order of `labels`)."""
-    winners = scored.probabilities.argmax(axis=1)
-    return [
-        Prediction(
-            label=labels[best],
-            score=float(row[best]),
-            scores=dict(zip(labels, map(float, row), strict=True)),
-            logits=dict(zip(labels, map(float, raw), strict=True)),
-            model_version=model_version,
-        )
-        for row, raw, best in zip(scored.probabilities, scored.logits, winners, strict=True)
-    ]

@@ -1,18 +1,22 @@
 """The HTTP service: `bentoml serve service.service:TextClassifier`.
 
-A prediction travels through three files:
+BentoML runs the workers and builds, in each, its app (health, readiness,
+/metrics, its index page) and this service class. Our routes are ASGI layers
+added through BentoML's public `Service.add_asgi_middleware`, so a request
+first passes BentoML's own layers (its request metrics, tracing, access log
+and REQUEST_TIMEOUT_S), then ours, outermost first:
 
-1. `service.schemas` — the request and answer types;
-2. `service.predict_route` — POST /predict, answered in front of BentoML's
-   app: body checks, the batches of concurrent requests, and `score_batch`
-   with the model the `ModelHolder` serves right now;
-3. `core.runtime` — `tokenizers` + ONNX Runtime, length-sorted unpadded runs.
+1. `service.balance.ConnectionBalancer`: the workers' shares of the connections evened out;
+2. `service.metrics.RequestMetrics`: every request counted and timed by route family;
+3. `service.predict_route.PredictRoute`: POST /predict answered, batched;
+4. `service.errors.ErrorBoundary`: anything unexpected below is a prompt JSON 500;
+5. `service.guards.ApiRoutes`: the admin API and the protocols (FastAPI), /docs.json;
 
-BentoML runs the workers, builds this class in each (its own ORT session with
-ORT_THREADS threads, its own model poller, its own batcher and metric files),
-and serves the health and metrics endpoints; every other route is ours, answered
-in front of its app (`in_front_of_bentoml`). `predict` below declares /predict to BentoML (its
-OpenAPI, /schema.json, its Python clients) and serves in-process callers.
+and what none of them answers goes on to BentoML's router (docs/DESIGN.md #4).
+
+BentoML builds a worker's app, and so our layers, before it builds the service
+class, and no request arrives before the class is built. So the layers are
+handed this worker's `Worker` when they are registered, and the class starts it.
 """
 
 from __future__ import annotations
@@ -21,73 +25,75 @@ import logging
 from typing import cast
 
 import bentoml
-from bentoml._internal.server.http.access import AccessLogMiddleware
-from starlette.types import ASGIApp
+from fastapi import FastAPI
 
 from core import registry
-from service.activity import this_worker_activity
+from runner.queue import JobRunner, make_backend
 from service.api import build_api
 from service.balance import ConnectionBalancer
 from service.errors import ErrorBoundary
 from service.guards import ApiRoutes
 from service.metrics import RequestMetrics, ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
-from service.predict_route import Batcher, PredictRoute, put_in_front, score_batch
-from service.request_body import RequestGuard
-from service.runner import JobRunner, make_backend
-from service.schemas import PREDICT_ROUTE, Prediction, Texts
-from service.settings import get_settings
-from store import examples, open_store
+from service.predict_route import PredictRoute, Scoring
+from service.settings import Settings, get_settings
+from store import Store, examples, open_store
 from store.jobs import Job
 
 log = logging.getLogger(__name__)
 settings = get_settings()
 
 
-@bentoml.service(
-    workers=settings.workers,
-    traffic={"timeout": settings.request_timeout_s},
-    http={"host": settings.host, "port": settings.port},
-    logging={"access": {"enabled": False}},  # ours covers every route: in_front_of_bentoml
-)
-class TextClassifier:
-    """Classifies texts with the active version of MODEL_NAME, swapping versions live."""
+class Worker:
+    """What one BentoML worker runs: its store, metrics, served model, scoring path and
+    job runner, built by `start` in the worker (the service class's `__init__`)."""
 
-    def __init__(self) -> None:
+    store: Store
+    metrics: ServiceMetrics
+    holder: ModelHolder
+    scoring: Scoring
+    runner: JobRunner
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def start(self) -> None:
         # Our loggers speak at BentoML's level (INFO unless --quiet/--debug), not the
         # root's WARNING: model swaps, jobs and refused requests are worth a line.
-        for name in ("service", "store", "core"):
+        for name in ("service", "store", "core", "runner"):
             logging.getLogger(name).setLevel(logging.getLogger("bentoml").getEffectiveLevel())
-        self.metrics = ServiceMetrics(settings.max_batch_size)
-        self.store = open_store(settings.resolved_database_url)
-        self.activity = this_worker_activity()
-        wide_activity = self.activity if settings.wide_threads else None
+        s = self.settings
+        self.store = open_store(s.resolved_database_url)
+        self.metrics = ServiceMetrics(s.max_batch_size)
         self.holder = ModelHolder(
-            resolver=active_version_resolver(self.store, settings.model_name),
-            threads=settings.threads_per_worker,
-            poll_seconds=settings.model_poll_seconds,
-            spin=settings.ort_spin,
-            wide_threads=settings.wide_threads,
-            activity=wide_activity,
+            resolver=active_version_resolver(self.store, s.model_name),
+            threads=s.threads_per_worker,
+            poll_seconds=s.model_poll_seconds,
+            spin=s.ort_spin,
         )
         self.holder.on_swap(self.metrics.swapped)
         self.holder.start()
-        self.batcher = Batcher(self.score, settings.max_batch_size, settings.max_latency_ms / 1000)
-        self.jobs = JobRunner(
+        self.scoring = Scoring(self.holder, self.metrics, s)
+        self.runner = JobRunner(
             self.store,
-            make_backend(settings, wide_activity.path if wide_activity else None),
-            settings,
+            make_backend(s),
+            s,
+            s.model_poll_seconds,
             on_finished=self._job_finished,
             on_poll=self._refresh_gauges,
         )
-        self.jobs.start()
-        log.info(
-            "model=%s threads=%d batch=%d/%dms",
-            settings.model_name,
-            settings.threads_per_worker,
-            settings.max_batch_size,
-            settings.max_latency_ms,
-        )
+        self.runner.start()
+        log.info("model=%s threads=%d batch=%d/%dms", s.model_name, s.threads_per_worker,
+                 s.max_batch_size, s.max_latency_ms)  # fmt: skip
+
+    def stop(self) -> None:
+        self.holder.stop()
+        self.runner.stop()
+        self.scoring.batcher.close()
+
+    def api(self) -> FastAPI:
+        """Our FastAPI app (admin, protocols), which `ApiRoutes` builds at its first request."""
+        return build_api(self.store, self.settings, self.scoring, self.runner)
 
     def _job_finished(self, job: Job) -> None:
         self.metrics.job_finished(job)
@@ -96,56 +102,41 @@ class TextClassifier:
     def _refresh_gauges(self) -> None:
         """At every job-runner poll and beat: disk use first, which a down database cannot stop."""
         self.metrics.observe_disk(
-            {"model_store": registry.store_dir(), "state_dir": settings.state_dir.resolve()}
+            {"model_store": registry.store_dir(), "state_dir": self.settings.state_dir.resolve()}
         )
         with self.store.transaction() as tx:
             self.metrics.examples_stored.set(examples.count(tx))
 
+
+worker = Worker(settings)
+
+
+@bentoml.service(
+    workers=settings.workers,
+    traffic={"timeout": settings.request_timeout_s},
+    http={"host": settings.host, "port": settings.port},
+    logging={"access": {"enabled": settings.access_log}},
+)
+class TextClassifier:
+    """Classifies texts with the active version of MODEL_NAME, swapping versions live."""
+
+    def __init__(self) -> None:
+        worker.start()
+
     def __is_ready__(self) -> bool:
         """/readyz: ready once a model is loaded, so no traffic reaches a worker before."""
-        return self.holder.ready
+        return worker.holder.ready
 
     @bentoml.on_shutdown
-    def stop_polling(self) -> None:
-        self.holder.stop()
-        self.jobs.stop()
-        self.batcher.close()
-        if self.activity is not None:
-            self.activity.close()
-
-    def score(self, texts: list[str]) -> list[Prediction]:
-        """One batch, on the batcher's model thread (or the caller's, in-process)."""
-        return score_batch(self.holder, self.metrics, texts)
-
-    @bentoml.api(route=PREDICT_ROUTE)
-    def predict(self, texts: Texts) -> list[Prediction]:
-        """Classify each text; one answer per text, in input order."""
-        return self.score(texts)
+    def stop(self) -> None:
+        worker.stop()
 
 
 # `@bentoml.service` returns a Service, but mypy sees the bare class: the package
 # that defines the decorator ships no type information.
 _service = cast("bentoml.Service[TextClassifier]", TextClassifier)
-
-
-def in_front_of_bentoml(app: ASGIApp) -> ASGIApp:
-    """Our layers around BentoML's app, which then answers only its own routes.
-
-    Outermost first: the access log (ACCESS_LOG), the workers' shares of the
-    connections evened out (service.balance), every request counted, POST /predict
-    answered (service.predict_route); then any exception is a prompt JSON 500, our
-    routes are answered (admin after auth, the protocols), and what BentoML gets is
-    size-checked. In front, none of them pays BentoML's middlewares (docs/DESIGN.md #4).
-    """
-    api = ApiRoutes(
-        RequestGuard(app, max_body_bytes=settings.max_body_bytes),
-        api_factory=lambda plane: build_api(
-            open_store(settings.resolved_database_url), settings, plane
-        ),
-    )
-    stack: ASGIApp = RequestMetrics(PredictRoute(ErrorBoundary(api)))
-    stack = ConnectionBalancer(stack, workers=settings.workers)
-    return AccessLogMiddleware(stack) if settings.access_log else stack
-
-
-put_in_front(_service, in_front_of_bentoml)
+_service.add_asgi_middleware(ConnectionBalancer, workers=settings.workers)
+_service.add_asgi_middleware(RequestMetrics, worker=worker)
+_service.add_asgi_middleware(PredictRoute, worker=worker, max_body_bytes=settings.max_body_bytes)
+_service.add_asgi_middleware(ErrorBoundary)
+_service.add_asgi_middleware(ApiRoutes, api_factory=worker.api, settings=settings)

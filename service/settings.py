@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from core.settings import RetrainSettings
+from core.settings import RunnerSettings
 
 # A token must not be guessable: at least this many distinct bytes (a URL-safe
 # token of 32 random bytes has ~35), no whitespace (a paste accident), and none
@@ -26,7 +25,7 @@ PLACEHOLDER_TOKENS = frozenset({"REPLACE_WITH_A_RANDOM_TOKEN"})
 MAKE_A_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-class Settings(RetrainSettings):
+class Settings(RunnerSettings):
     """Service configuration. Environment variables use the field name in upper case."""
 
     # --- model -------------------------------------------------------------
@@ -55,11 +54,6 @@ class Settings(RetrainSettings):
         description="Let idle ONNX Runtime threads busy-wait for the next run; turn off when "
         "WORKERS x ORT_THREADS exceeds the cores.",
     )
-    wide_lone_texts: bool = Field(
-        True,
-        description="Run a request of one text on every worker's threads (a second session "
-        "per worker) while no other worker has run the model for 50 ms.",
-    )
     allow_oversubscription: bool = Field(
         False, description="Allow WORKERS x ORT_THREADS to exceed the cores."
     )
@@ -81,7 +75,7 @@ class Settings(RetrainSettings):
         False, description="BentoML's access-log line per request (costs throughput)."
     )
 
-    # --- admin and retraining ----------------------------------------------
+    # --- admin (retraining: core.settings.RunnerSettings) -------------------
     admin_token: SecretStr | None = Field(
         None,
         description="Bearer token for the admin endpoints; unset (with ADMIN_TOKEN_FILE) "
@@ -95,54 +89,6 @@ class Settings(RetrainSettings):
         33_554_432, ge=1024, description="Body cap of the admin endpoints (example uploads)."
     )
     max_examples_per_request: int = Field(50_000, ge=1)
-    retrain_backend: Literal["local", "kubernetes"] = "local"
-    retrain_timeout_s: int = Field(3600, ge=10)
-    job_stale_seconds: float = Field(
-        30.0,
-        gt=0,
-        description="A running job nothing has heartbeated for this long is failed: "
-        "its training process and its runner both beat while alive.",
-    )
-    retrain_standby: bool = Field(
-        True,
-        description="Local backend: keep a retrain process started and imported between jobs "
-        "(~6 s off each job's start; ~520 MB resident per worker while it waits).",
-    )
-    retrain_standby_idle_s: float = Field(
-        900.0,
-        ge=0,
-        description="Close the standby after this long without a job (since start-up or the "
-        "last job); the next job starts cold and brings it back.",
-    )
-    retain_versions: int = Field(
-        5,
-        ge=0,
-        description="Rejected, retired and abandoned versions kept, most recently changed "
-        "first; older ones are deleted, with their job logs, after each job. The active "
-        "version, its rollback target and their incremental chains are always kept.",
-    )
-    retain_version_days: float = Field(
-        30.0,
-        ge=0,
-        description="Nor is one of those kept longer than this many days after its status "
-        "last changed; 0: no age limit.",
-    )
-    retrain_pod_template: str = Field(
-        "selftune-retrain", description="PodTemplate the kubernetes backend builds Jobs from."
-    )
-    pod_namespace: str = Field("default", description="Namespace for retrain Jobs (downward API).")
-    # The level a local retrain starts at, in a session of its own (service/local_backend.py);
-    # under contention RETRAIN_SLOWDOWN then raises it as far as the job can afford
-    # (retrain/cpu_share.py). A fixed level could not hold both bounds: at 10 it starved
-    # under 64 predict clients (~13x its quiet time), at 0 predict p99 rose 2-2.9x
-    # (bench/RETRAIN.md, 2026-12-01, 2 cores, targets 3x and 2x).
-    retrain_nice: int = Field(
-        0,
-        ge=0,
-        le=19,
-        description="Nice level (and autogroup nice) a local retrain starts at, and the "
-        "lowest RETRAIN_SLOWDOWN steers it to.",
-    )
 
     @model_validator(mode="after")
     def _check_threads(self) -> Settings:
@@ -177,12 +123,6 @@ class Settings(RetrainSettings):
             if weakness:
                 raise ValueError(f"ADMIN_TOKEN {weakness}; generate one with: {MAKE_A_TOKEN}")
         return self
-
-    @property
-    def wide_threads(self) -> int:
-        """ORT threads for a lone text on an otherwise quiet server; 0: no wide session."""
-        wide = self.workers * self.threads_per_worker
-        return wide if self.wide_lone_texts and wide > self.threads_per_worker else 0
 
     @property
     def threads_per_worker(self) -> int:

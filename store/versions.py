@@ -23,7 +23,7 @@ class VersionStatus(StrEnum):
     CANDIDATE = "candidate"
     REJECTED = "rejected"
     RETIRED = "retired"
-    DELETED = "deleted"  # by version retention (service/retention.py): its files are gone
+    DELETED = "deleted"  # by version retention (runner/retention.py): its files are gone
 
 
 class VersionRow(Base):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.conftest import Manifest, render
+from tests.fake_k8s import NAMESPACE, TEMPLATE, FakeKubernetes, fake_kubernetes
 from tests.helpers import fit_tiny, write_sentiment_csv
 from tests.pg import PostgresServer, PostgresUnavailableError, postgres_server
 from tests.tiny_model import build_tiny_bert
@@ -90,3 +92,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
+def podtemplate() -> Manifest:
+    """The retrain PodTemplate exactly as `kubectl apply -k k8s/overlays/scaled` sends it."""
+    [template] = [
+        o
+        for o in render("scaled")
+        if o["kind"] == "PodTemplate" and o["metadata"]["name"] == TEMPLATE
+    ]
+    assert template["metadata"]["namespace"] == NAMESPACE
+    return template
+
+
+@pytest.fixture
+def fake(podtemplate: Manifest) -> Iterator[FakeKubernetes]:
+    """A fake Kubernetes API serving the retrain PodTemplate (tests/fake_k8s.py)."""
+    with fake_kubernetes() as server:
+        server.add_podtemplate(podtemplate)
+        yield server

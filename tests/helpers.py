@@ -41,8 +41,6 @@ LIMITS = {
     "WORKERS": "2",
     "ORT_THREADS": "1",
     "MODEL_POLL_SECONDS": "0.5",
-    # ~6 s of imports per worker, wasted where nothing retrains; Retrainer turns it on.
-    "RETRAIN_STANDBY": "false",
 }
 
 
@@ -299,7 +297,6 @@ class Retrainer:
             "GATE_MIN_EVAL": "10",  # ~40 held-out texts in the tiny data
             # The tiny BERT starts from random weights: a refit needs fit_tiny's 15 epochs.
             "REFIT_EPOCHS": "15",
-            "RETRAIN_STANDBY": "true",  # the default: jobs after the first start warm
             **extra,
         }
         # The hash split, as `make serve` trains the first model: the active version's

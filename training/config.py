@@ -105,12 +105,6 @@ class TrainConfig(BaseModel):
     bf16: bool = Field(True, description="bf16 autocast on CPU (AVX-512 BF16 makes GEMMs ~4x).")
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch threads; 0 means all cores.")
-    serving_activity: Path | None = Field(
-        None,
-        exclude=True,  # where this run happened, not how to train: versions do not record it
-        description="The activity file of the server this run shares the cores with (a local "
-        "retrain): its evaluation runs on every core while that server is quiet.",
-    )
 
     split: SplitMode = Field(
         "stratified",

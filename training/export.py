@@ -192,7 +192,7 @@ class _Calibrater(MinMaxCalibrater):
     Its own session takes ORT's default: a thread per core, spinning. On 2 cores
     that burnt 37 s of CPU for 19 s of calibration, the same wall time as one
     thread (18.8-19.8 s; 256 tweets, MiniLM-L6), and a retrain under load paid
-    for the spinning out of the share its session gets (service/local_backend.py).
+    for the spinning out of the share its session gets (runner/local.py).
     """
 
     def __init__(self, model: Path, augmented: Path, threads: int) -> None:

@@ -5,8 +5,8 @@ texts whose label int8 could have changed. It first runs on a seeded sample,
 which measures how far int8 moves the gap between its top label and any other
 (the "margin"); then on every text whose int8 margin is within `SAFETY` times
 the sample's 99th-percentile move. Elsewhere the two labels agree unless a text
-moves more than that. Measured on 2026-12-01 (bench/precision_screen.py, two
-tweets models, 2,000 texts each, int8 changed 42 and 33 labels): over 50
+moves more than that. Measured with bench/precision_screen.py (two tweets
+models, 2,000 texts each, int8 changed 42 and 33 labels): over 50
 sample draws this rule missed no change and ran fp32 on 35-37% of the texts;
 twice the sample's largest move, also missing none, ran it on 44-48% (one
 outlier widens it); fp32 on the first 2,000 texts, as before, took ~16 s of a
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.activity import wide_when_quiet
 from core.registry import ONNX_FILE, TOKENIZER_FILE
 from core.runtime import Classifier
 from training.config import TrainConfig
@@ -37,7 +36,7 @@ from training.export import quantize_int8
 log = logging.getLogger(__name__)
 
 # Training texts that set int8's static activation scales, run one by one through fp32
-# (~5 s here). A 2026-12-01 probe on the tweets MiniLM: 64 and 256 within 0.1 macro-F1 point.
+# (~5 s here). On the tweets MiniLM, 64 and 256 texts gave int8 within 0.1 macro-F1 point.
 CALIBRATION_TEXTS = 256
 # Evaluation texts fp32 scores at random to measure how far int8 moves a margin.
 ERROR_SAMPLE = 256
@@ -122,8 +121,7 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
     def metrics(predicted: Sequence[int] | npt.NDArray[np.int64]) -> dict[str, Any]:
         return classification_metrics(labels, [int(p) for p in predicted], held.label_names)
 
-    wide = wide_when_quiet(cfg.serving_activity, cfg.cpu_threads)
-    fp32 = Classifier(staging, cfg.max_length, cfg.cpu_threads, wide=wide)
+    fp32 = Classifier(staging, cfg.max_length, cfg.cpu_threads)
 
     def fp32_only(reason: str) -> Chosen:
         progress(0.5, f"evaluating fp32 on {len(texts)} held-out texts")
@@ -148,13 +146,11 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
             log.exception("int8 quantization failed; keeping the fp32 model")
             return fp32_only("int8 quantization failed")
         progress(0.4, f"evaluating int8 on {len(texts)} held-out texts")
-        int8_classifier = Classifier(int8_dir, cfg.max_length, cfg.cpu_threads, wide=wide)
-        int8 = int8_classifier.logits(texts)
+        int8 = Classifier(int8_dir, cfg.max_length, cfg.cpu_threads).logits(texts)
         progress(0.8, "comparing int8 with fp32 where their labels may differ")
         reference, check = fp32_labels(
             int8, lambda rows: fp32.logits([texts[i] for i in rows]), cfg.seed
         )
-        check["wide_runs"] = int8_classifier.wide_runs + fp32.wide_runs
         int8_labels = int8.argmax(axis=1)
         predicted = [int(i) for i in int8_labels]
         fp32_f1 = metrics(reference)["macro_f1"]
@@ -170,9 +166,8 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
                           evaluation["macro_f1"], check)  # fmt: skip
         (int8_dir / ONNX_FILE).replace(staging / ONNX_FILE)
         log.info(
-            "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts (fp32 ran on %d; %d runs on "
-            "every core)", evaluation["macro_f1"], fp32_f1, len(texts), check["fp32_scored"],
-            check["wide_runs"],
+            "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts (fp32 ran on %d)",
+            evaluation["macro_f1"], fp32_f1, len(texts), check["fp32_scored"],
         )  # fmt: skip
         return Chosen("int8", evaluation, predicted, fp32_f1, evaluation["macro_f1"], check)
     finally:

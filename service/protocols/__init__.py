@@ -1,4 +1,5 @@
-"""Wire protocols other clients already speak, each translated to the one data plane.
+"""Wire protocols other clients already speak, each translated to the one scoring path
+(`service.predict_route.Scoring`).
 
 `hf`: the Hugging Face text-classification shape at `POST /`, what
 `huggingface_hub.InferenceClient` sends. `v2`: the Open Inference Protocol

@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.docs import error_responses
+from service.predict_route import Scoring
 from service.schemas import NOT_A_BOOL, Prediction, Text, Texts
 
 Function = Literal["softmax", "sigmoid", "none"]
@@ -63,14 +64,19 @@ def ranked(prediction: Prediction, top_k: int | None, function: Function) -> lis
     ]
 
 
-router = APIRouter(tags=["huggingface"], responses=error_responses(400, 413, 415, 422, 500, 503))
+def build_router(scoring: Scoring) -> APIRouter:
+    """`POST /`; `scoring` is the worker's scoring path (/predict's batches)."""
+    router = APIRouter(
+        tags=["huggingface"], responses=error_responses(400, 413, 415, 422, 500, 503)
+    )
 
+    @router.post("/", summary="Classify texts (Hugging Face inference shape)")
+    async def classify(body: HFRequest) -> list[list[HFLabel]]:
+        """One list of {label, score} per input, best first: what InferenceClient expects."""
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        params = body.parameters or HFParameters()
+        answers = await scoring.classify(texts)
+        function = params.function_to_apply or "softmax"
+        return [ranked(a, params.top_k, function) for a in answers]
 
-@router.post("/", summary="Classify texts (Hugging Face inference shape)")
-async def classify(request: Request, body: HFRequest) -> list[list[HFLabel]]:
-    """One list of {label, score} per input, best first: what InferenceClient expects."""
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    params = body.parameters or HFParameters()
-    answers = await request.app.state.dataplane.predict(texts)
-    function = params.function_to_apply or "softmax"
-    return [ranked(a, params.top_k, function) for a in answers]
+    return router

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from service.dataplane import DataPlane
 from service.docs import error_responses
 from service.errors import RefusedError
+from service.predict_route import Scoring
 from service.protocols.v2_binary import binary_response, tensor_bytes
 from service.schemas import NOT_A_BOOL, Prediction, Texts
 from service.settings import get_settings
@@ -185,8 +185,8 @@ def _outputs(predictions: list[Prediction], names: list[str]) -> list[ResponseOu
     ]
 
 
-def build_router(plane: DataPlane) -> APIRouter:
-    """The V2 routes; `plane` scores and knows which model is loaded."""
+def build_router(plane: Scoring) -> APIRouter:
+    """The V2 routes; `plane` is the worker's scoring path, which knows the model it serves."""
     settings = get_settings()
     router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
     errors = error_responses(404, 500)
@@ -263,7 +263,7 @@ def build_router(plane: DataPlane) -> APIRouter:
             raise RefusedError(
                 400, f"unknown output(s) {unknown}; this model gives {list(OUTPUTS)}"
             )
-        predictions = await plane.predict(texts)
+        predictions = await plane.classify(texts)
         response = InferenceResponse(
             model_name=name,
             model_version=predictions[0].model_version,

@@ -26,7 +26,7 @@ from tests.deploy.manifests import (
     server_pod_spec,
 )
 from tests.fake_k8s import fake_kubernetes
-from tests.service.test_k8s_backend import a_job, backend_for
+from tests.runner.test_k8s import a_job, backend_for
 
 
 def test_every_pod_is_covered_by_a_network_policy(objs: list[Manifest]) -> None:

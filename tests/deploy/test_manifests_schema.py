@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.k8s_backend import forwarded_settings
+from runner.k8s import forwarded_settings
 from service.settings import Settings
 from tests.deploy.conftest import K8S, Manifest
 from tests.deploy.manifests import build_retrain_job, containers, one, pod_templates, ref

@@ -83,7 +83,7 @@ def test_bento_requirements_are_the_serving_set_without_torch(bento: Path) -> No
     assert not leaked, f"the serving Bento pulls in training packages: {sorted(leaked)}"
 
 
-SERVING_PACKAGES = ("service/", "core/", "store/")
+SERVING_PACKAGES = ("service/", "core/", "store/", "runner/")
 
 
 def test_bento_holds_the_serving_code_and_nothing_else(bento: Path) -> None:

@@ -63,7 +63,7 @@ def test_class_weights_of_an_incremental_come_from_the_whole_store_not_its_sampl
 ) -> None:
     """The store is 9:1 neg:pos, so a refit weighs pos up; 40 new pos rows make the
     incremental sample nearly balanced. Weighing that sample by its own counts switched
-    the weights off, and the candidate lost the minority class (coachella, 2026-12-01)."""
+    the weights off, and the candidate lost the minority class (the coachella topic)."""
     old = [(f"old text number {i}", "pos" if i % 10 == 0 else "neg", 1) for i in range(300)]
     new = [(f"new text number {i}", "pos", 5) for i in range(40)]
     plan = make_plan(snapshot(old + new), "incremental", version(tmp_path), 1, SETTINGS)

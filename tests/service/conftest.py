@@ -13,8 +13,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.deploy.conftest import Manifest, render
-from tests.fake_k8s import NAMESPACE, TEMPLATE, FakeKubernetes, fake_kubernetes
 from tests.helpers import Server, bentoml_serve, wait_until
 
 
@@ -31,23 +29,3 @@ def server(tiny_version: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
-
-
-@pytest.fixture(scope="session")
-def podtemplate() -> Manifest:
-    """The retrain PodTemplate exactly as `kubectl apply -k k8s/overlays/scaled` sends it."""
-    [template] = [
-        o
-        for o in render("scaled")
-        if o["kind"] == "PodTemplate" and o["metadata"]["name"] == TEMPLATE
-    ]
-    assert template["metadata"]["namespace"] == NAMESPACE
-    return template
-
-
-@pytest.fixture
-def fake(podtemplate: Manifest) -> Iterator[FakeKubernetes]:
-    """A fake Kubernetes API serving the retrain PodTemplate (tests/fake_k8s.py)."""
-    with fake_kubernetes() as server:
-        server.add_podtemplate(podtemplate)
-        yield server

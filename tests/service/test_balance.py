@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
-from core.activity import Activity
+from service.balance import Counts, worker_counts
 from tests.helpers import Server
 
 CONNECTIONS = 8
@@ -76,12 +79,29 @@ def test_connections_piled_on_one_worker_spread_over_both(server: Server) -> Non
 
 
 def test_a_worker_sees_the_others_connections_until_they_go_quiet(tmp_path: Path) -> None:
-    path = tmp_path / "activity"
-    first, second, third = Activity(0, path), Activity(1, path), Activity(2, path)
-    first.count_connections(5)
-    second.count_connections(3)
-    assert third.others_connections(3, max_age_s=1) == [5, 3]
-    assert first.others_connections(3, max_age_s=1) == [3, 0]  # the third never counted
-    assert first.others_connections(2, max_age_s=1) == [3]  # a server of two workers
+    path = tmp_path / "connections"
+    first, second, third = Counts(0, 3, path), Counts(1, 3, path), Counts(2, 3, path)
+    first.publish(5)
+    second.publish(3)
+    assert third.others(max_age_s=1) == [5, 3]
+    assert first.others(max_age_s=1) == [3, 0]  # the third never counted
     time.sleep(0.2)
-    assert third.others_connections(3, max_age_s=0.1) == [0, 0]  # no requests lately
+    assert third.others(max_age_s=0.1) == [0, 0]  # no requests lately
+    first.close()
+    assert not path.exists()
+    with pytest.raises(ValueError, match="outside"):
+        Counts(3, 3, path)
+
+
+def test_only_a_worker_of_several_that_can_share_its_counts_balances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert worker_counts(None, 2) is None  # not a BentoML worker
+    assert worker_counts(1, 1) is None  # the only worker: nothing to even out
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    counts = worker_counts(2, 2)
+    assert counts is not None and counts.path.parent == tmp_path and counts.slot == 1
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with caplog.at_level(logging.WARNING):
+        assert worker_counts(2, 2) is None
+    assert "connections are not balanced: cannot share" in caplog.text

@@ -68,7 +68,7 @@ def wait_for_state(http: httpx.Client, job_id: str, state: str, timeout_s: float
 
 
 def training_process(log: Path) -> psutil.Process:
-    """The process writing a job's log: its training, started cold or handed to a standby."""
+    """The process writing a job's log: its training (`python -m retrain run`)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for process in psutil.process_iter():

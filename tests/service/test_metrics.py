@@ -52,7 +52,7 @@ def test_active_model_version_is_exported(client: httpx.Client, tiny_version: st
 
 
 def test_every_request_is_counted_by_route_and_status(client: httpx.Client) -> None:
-    """Our routes are answered in front of BentoML, whose request series never see them."""
+    """By route family, whatever answers: our layers, our FastAPI routes or BentoML's."""
     before = scrape(client)
 
     assert client.post("/predict", json={"texts": ["fine"]}).status_code == 200

@@ -31,13 +31,6 @@ def test_default_threads_share_the_cores_evenly() -> None:
     assert Settings(workers=1).threads_per_worker == cores
 
 
-def test_a_lone_text_goes_wide_only_when_there_is_more_than_one_worker_to_borrow_from() -> None:
-    many = dict(workers=2, ort_threads=1, allow_oversubscription=True)
-    assert Settings(**many).wide_threads == 2
-    assert Settings(**many, wide_lone_texts=False).wide_threads == 0
-    assert Settings(workers=1, ort_threads=1).wide_threads == 0
-
-
 def placeholder_token() -> str:
     """The admin token k8s/secret.example.yaml ships: what a hurried operator applies."""
     secret = yaml.safe_load((ROOT / "k8s" / "secret.example.yaml").read_text())

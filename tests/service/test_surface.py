@@ -105,11 +105,14 @@ def test_an_invalid_version_name_is_a_fast_404(admin_server: Server) -> None:
 def test_unknown_paths_and_methods_answer_json_with_what_to_do(admin_server: Server) -> None:
     missing = httpx.get(f"{admin_server.url}/nowhere")
     wrong = httpx.put(f"{admin_server.url}/examples", headers=AUTH)
+    not_predict = httpx.get(f"{admin_server.url}/predict")
 
     assert missing.status_code == 404 and "/docs.json" in missing.json()["error"]
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "DELETE, GET, POST"
     assert "use DELETE, GET, POST" in wrong.json()["error"]
+    assert not_predict.status_code == 405 and not_predict.headers["allow"] == "POST"
+    assert not_predict.json() == {"error": "GET is not allowed on /predict; use POST"}
 
 
 def test_a_handler_that_raises_answers_500_at_once_with_the_logged_request_id(
@@ -152,7 +155,7 @@ async def _burst(url: str, n: int) -> list[httpx.Response]:
 def test_a_shed_request_is_a_json_503_and_one_log_line(
     tmp_path_factory: pytest.TempPathFactory, tiny_version: str, bentoml_home: Path
 ) -> None:
-    """Also: with ACCESS_LOG on, /predict (answered in front of BentoML) has its line too."""
+    """Also: with ACCESS_LOG on, /predict (answered by a layer of ours) has its line too."""
     with _server(
         tmp_path_factory,
         tiny_version,

@@ -23,7 +23,7 @@ pulling its image is judged by its status, never failed for the launcher's silen
 A cancelled job's Job is deleted by whichever replica took the request (`cancel`).
 
 The server's Role (k8s/overlays/scaled/rbac.yaml) grants exactly: get on the
-one PodTemplate, and create/get/list/watch/delete on Jobs. Everything here
+one PodTemplate, and create/get/delete on Jobs. Everything here
 stays within that: no pod, log or status-subresource access.
 """
 
@@ -41,7 +41,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
 
-from service.settings import Settings
+from core.settings import RunnerSettings
 from store.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class KubernetesBackendError(RuntimeError):
     """A retrain Job could not be created; the message says what to fix."""
 
 
-def forwarded_settings(settings: Settings) -> dict[str, str]:
+def forwarded_settings(settings: RunnerSettings) -> dict[str, str]:
     """The server's retrain settings, set in each Job so the pod decides as the server would.
 
     Where the state lives stays the template's (its volumes and the Secret's URL).
@@ -243,19 +243,15 @@ class KubernetesBackend:
 
     jobs_outlive_runner = True
 
-    def __init__(self, settings: Settings, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, settings: RunnerSettings, api_client: client.ApiClient | None = None
+    ) -> None:
         self.settings = settings
         self.namespace = settings.pod_namespace
         self.template_name = settings.retrain_pod_template
         self.api_client = api_client if api_client is not None else load_api_client()
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)
-
-    def idle(self) -> None:
-        """Nothing to prepare ahead: every Job starts in a pod of its own."""
-
-    def close(self) -> None:
-        """Nothing to stop: the Jobs outlive this runner."""
 
     def adopt(self, job: Job) -> KubernetesJob:
         """Follow the Job of a job another replica launched (its first status read judges it:

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import update
 
 from core import registry
-from service.retention import apply_retention
-from service.settings import Settings
+from core.settings import RunnerSettings
+from runner.retention import apply_retention
 from store import Store, jobs, versions
 from store.db import utcnow
 from store.jobs import JobState
@@ -79,7 +79,7 @@ def job_log(logs: Path, job_id: str, age_days: float = 0) -> Path:
 def test_retention_keeps_the_active_chain_the_rollback_target_and_the_newest_few(
     tiny_version: str, name: str, tmp_path: Path
 ) -> None:
-    settings = Settings(
+    settings = RunnerSettings(
         model_name=name, state_dir=tmp_path, retain_versions=2, retain_version_days=30
     )
     store = Store(settings.resolved_database_url)
@@ -105,8 +105,8 @@ def test_retention_keeps_the_active_chain_the_rollback_target_and_the_newest_few
     deleted_log = finished_job(store, rejected[1], logs)
     kept_log = finished_job(store, rejected[3], logs)
     versionless = [finished_job(store, None, logs, age_days=age) for age in (3, 2, 1)]
-    stray = logs / "standby.log"
-    stray.write_text("ready\n")
+    stray = logs / "notes.log"  # not a job log: never ours to delete
+    stray.write_text("kept\n")
 
     deleted = apply_retention(store, settings)
 
@@ -128,7 +128,7 @@ def test_retention_keeps_the_active_chain_the_rollback_target_and_the_newest_few
 def test_a_running_job_keeps_the_candidates_and_its_log(
     tiny_version: str, name: str, tmp_path: Path
 ) -> None:
-    settings = Settings(model_name=name, state_dir=tmp_path, retain_versions=0)
+    settings = RunnerSettings(model_name=name, state_dir=tmp_path, retain_versions=0)
     store = Store(settings.resolved_database_url)
     candidate = register(tiny_version, name, tmp_path)
     set_status(store, name, candidate, VersionStatus.CANDIDATE)
@@ -167,7 +167,7 @@ def test_a_version_whose_folder_cannot_be_removed_is_named_and_the_others_still_
     """As when another process holds a file open on a network volume (NFS: EBUSY)."""
     if os.geteuid() != 0:
         pytest.skip("a folder that cannot be removed is made with a mount, which needs root")
-    settings = Settings(model_name=name, state_dir=tmp_path, retain_versions=0)
+    settings = RunnerSettings(model_name=name, state_dir=tmp_path, retain_versions=0)
     store = Store(settings.resolved_database_url)
     other, stuck = register(tiny_version, name, tmp_path), register(tiny_version, name, tmp_path)
     for tag in (other, stuck):  # `stuck` last: the newest, tried first
@@ -176,7 +176,7 @@ def test_a_version_whose_folder_cannot_be_removed_is_named_and_the_others_still_
     busy.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(busy)], check=True)
     try:
-        with caplog.at_level(logging.ERROR, logger="service.retention"):
+        with caplog.at_level(logging.ERROR, logger="runner.retention"):
             deleted = apply_retention(store, settings)
     finally:
         subprocess.run(["umount", str(busy)], check=True)

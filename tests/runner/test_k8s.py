@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from service.k8s_backend import (
+from core.settings import RunnerSettings
+from runner.k8s import (
     KubernetesBackend,
     KubernetesBackendError,
     KubernetesJob,
     forwarded_settings,
 )
-from service.runner import JobRunner, make_backend
-from service.settings import Settings
+from runner.queue import JobRunner, make_backend
 from store import Store, jobs
 from store.jobs import Job, JobState
 from tests.deploy.conftest import Manifest
@@ -40,8 +40,8 @@ TIMEOUT_S = 60
 STALE_S = 1.0
 
 
-def settings() -> Settings:
-    return Settings(
+def settings() -> RunnerSettings:
+    return RunnerSettings(
         retrain_backend="kubernetes",
         pod_namespace=NAMESPACE,
         retrain_pod_template=TEMPLATE,
@@ -258,7 +258,7 @@ def launched_by_runner(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url, "x")))
     store = Store(f"sqlite:///{tmp_path}/s.db")
-    runner = JobRunner(store, make_backend(settings()), settings())
+    runner = JobRunner(store, make_backend(settings()), settings(), 2)
     with store.transaction() as tx:
         job = jobs.create(tx, "text-classifier", {})
     name = f"selftune-retrain-{job.id}"
@@ -328,7 +328,7 @@ def test_another_replica_takes_over_a_pending_job_whose_launcher_stopped_and_jud
     run = launched_by_runner(fake, tmp_path, monkeypatch, active=False)
     run.runner.stop()  # the launching replica goes away; its Job stays pending
     run.poll.join(timeout=15)
-    other = JobRunner(run.store, make_backend(settings()), settings())
+    other = JobRunner(run.store, make_backend(settings()), settings(), 2)
     took_over = threading.Thread(target=other.poll_once, daemon=True)
     time.sleep(STALE_S + 0.5)
     took_over.start()
@@ -390,7 +390,7 @@ def test_a_job_taken_over_keeps_its_time_limit_from_its_start(
     run.poll.join(timeout=15)
     time.sleep(10.5)  # past RETRAIN_TIMEOUT_S (10 s here) since the job started
     short = settings().model_copy(update={"retrain_timeout_s": 10})
-    other = JobRunner(run.store, make_backend(short), short)
+    other = JobRunner(run.store, make_backend(short), short, 2)
     before = len(fake.requests)
 
     assert other.poll_once() is not None

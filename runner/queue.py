@@ -1,6 +1,7 @@
 """The retrain queue: one job at a time, FIFO, each in a process of its own.
 
-Every serving worker runs a `JobRunner` thread. Each poll it
+Every serving worker runs a `JobRunner` thread (the service starts it; nothing
+here is HTTP). Each poll it
 1. looks at jobs whose heartbeat stopped (their runner died or left: a crash, a
    SIGKILL, a replica scaled down): one whose training outlives its runner (a
    Kubernetes Job) it takes over and watches, judged by the Job's own status;
@@ -10,7 +11,7 @@ Every serving worker runs a `JobRunner` thread. Each poll it
 3. if it won, launches `python -m retrain run --job-id ID` through the
    configured backend and heartbeats while it runs, killing it at the time
    limit or once its record says it was cancelled (whichever worker took the
-   request); after it, applies the version retention (`service.retention`).
+   request); after it, applies the version retention (`runner.retention`).
 
 The training process records its own progress, result and promotion in the
 store; the runner only watches it, and fails the job if the process died
@@ -19,21 +20,20 @@ while) is logged and tried again at the next beat or poll; it never ends the
 watch. Training never runs in a serving worker or a request.
 """
 
+from __future__ import annotations
+
 import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Protocol
 
-import bentoml
-from bentoml.exceptions import BentoMLException
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.periodic import Periodic
-from service.local_backend import LocalBackend
-from service.retention import apply_retention
-from service.settings import Settings
+from core.settings import RunnerSettings
+from runner.local import LocalBackend
+from runner.retention import apply_retention
 from store import Store, jobs
 from store.db import utcnow
 from store.jobs import HEARTBEAT_SECONDS, Job, JobState
@@ -64,12 +64,6 @@ class Backend(Protocol):
     def cancel(self, job_id: str) -> None:
         """Stop a cancelled job's training from any replica, where the backend can."""
 
-    def idle(self) -> None:
-        """Called at each poll that found no job to run: a chance to prepare for the next."""
-
-    def close(self) -> None:
-        """The runner is stopping."""
-
 
 class JobRunner:
     """Claims queued jobs and watches each one to its end; one thread per worker."""
@@ -78,7 +72,8 @@ class JobRunner:
         self,
         store: Store,
         backend: Backend,
-        settings: Settings,
+        settings: RunnerSettings,
+        poll_seconds: float,
         on_finished: Callable[[Job], None] | None = None,
         on_poll: Callable[[], None] | None = None,
     ) -> None:
@@ -86,7 +81,7 @@ class JobRunner:
         self.backend = backend
         self.settings = settings
         self.stale_after = timedelta(seconds=settings.job_stale_seconds)
-        self._loop = Periodic("job-runner", settings.model_poll_seconds, self.poll_once)
+        self._loop = Periodic("job-runner", poll_seconds, self.poll_once)
         self.on_finished = on_finished
         self.on_poll = on_poll
 
@@ -95,11 +90,15 @@ class JobRunner:
 
     def stop(self) -> None:
         self._loop.stop()
-        self.backend.close()
 
     def wake(self) -> None:
         """Look for a queued job now: this worker just queued one."""
         self._loop.wake()
+
+    def cancel(self, job_id: str) -> None:
+        """After a running job was cancelled: stop its training from this worker if the
+        backend can (a Kubernetes Job is deleted); the runner watching it kills it anyway."""
+        self.backend.cancel(job_id)
 
     def poll_once(self) -> Job | None:
         """Look after stale jobs, then claim and run one queued job; returns the job it ran."""
@@ -108,7 +107,6 @@ class JobRunner:
         if job is None:
             job = jobs.claim_next(self.store)
             if job is None:
-                self.backend.idle()
                 return None
             self._run(job)
         return self._get(job.id)
@@ -222,32 +220,10 @@ class JobRunner:
             log.exception("version retention failed; the next finished job tries again")
 
 
-def make_backend(settings: Settings, activity: Path | None = None) -> Backend:
-    """The retrain backend RETRAIN_BACKEND names; `activity`: this worker's activity file."""
+def make_backend(settings: RunnerSettings) -> Backend:
+    """The retrain backend RETRAIN_BACKEND names."""
     if settings.retrain_backend == "kubernetes":
-        from service.k8s_backend import KubernetesBackend
+        from runner.k8s import KubernetesBackend
 
         return KubernetesBackend(settings)
-    return LocalBackend(settings, activity)
-
-
-def _this_worker_runner() -> JobRunner | None:
-    try:
-        service = bentoml.get_current_service()
-    except BentoMLException:  # no server in this process (a test's in-process app)
-        return None
-    runner = getattr(service, "jobs", None)
-    return runner if isinstance(runner, JobRunner) else None
-
-
-def wake_job_runner() -> None:
-    """Have this worker's runner claim a job it just queued now, not at its next poll."""
-    if (runner := _this_worker_runner()) is not None:
-        runner.wake()
-
-
-def stop_cancelled(job_id: str) -> None:
-    """After a running job was cancelled: stop its training from this worker if the
-    backend can (a Kubernetes Job is deleted); the runner watching it kills it anyway."""
-    if (runner := _this_worker_runner()) is not None:
-        runner.backend.cancel(job_id)
+    return LocalBackend(settings)

@@ -3,7 +3,7 @@
 Every retrain registers a version (~100 MB for MiniLM: ONNX, tokenizer and the
 fine-tuned weights a later incremental run warm-starts from) and a local job
 writes a log, so without a bound the model store and STATE_DIR fill their
-volumes. After each job, the worker that ran it (`service.runner`) deletes, from
+volumes. After each job, the worker that ran it (`runner.queue`) deletes, from
 the versions whose status is rejected, retired, or candidate with no job
 running (a job that failed or was cancelled after registering it), all but the
 RETAIN_VERSIONS most recently changed, and any whose status changed more than
@@ -32,14 +32,14 @@ from bentoml.exceptions import BentoMLException
 
 from core import registry
 from core.registry import ModelVersion
-from service.settings import Settings
+from core.settings import RunnerSettings
 from store import Store, jobs, versions
 from store.db import utcnow
 from store.versions import VersionState, VersionStatus
 
 log = logging.getLogger(__name__)
 
-JOB_LOG = re.compile(r"^[0-9a-f]{32}\.log$")  # STATE_DIR/jobs/<job id>.log (runner.LocalBackend)
+JOB_LOG = re.compile(r"^[0-9a-f]{32}\.log$")  # STATE_DIR/jobs/<job id>.log (runner.local)
 EXPIRED = (VersionStatus.REJECTED, VersionStatus.RETIRED)
 
 
@@ -58,7 +58,7 @@ def doomed(
     states: Mapping[str, VersionState],
     registered: Mapping[str, ModelVersion],
     job_running: bool,
-    settings: Settings,
+    settings: RunnerSettings,
 ) -> list[str]:
     """The versions retention deletes now, oldest status change last."""
     retired = [t for t, s in states.items() if s.status == VersionStatus.RETIRED]
@@ -84,7 +84,7 @@ def doomed(
     return [tag for tag in ordered if tag not in kept]
 
 
-def apply_retention(store: Store, settings: Settings) -> list[str]:
+def apply_retention(store: Store, settings: RunnerSettings) -> list[str]:
     """Delete what the retention settings no longer keep; returns the deleted versions."""
     name = settings.model_name
     registered = {v.tag: v for v in registry.list_versions(name)}
@@ -113,7 +113,7 @@ def apply_retention(store: Store, settings: Settings) -> list[str]:
     return deleted
 
 
-def _delete_job_logs(store: Store, settings: Settings) -> None:
+def _delete_job_logs(store: Store, settings: RunnerSettings) -> None:
     """Job logs go with their job's version; a job that left none keeps its log by the
     same count and age as the versions (newest first, by the log's modification time)."""
     folder = settings.state_dir.resolve() / "jobs"
