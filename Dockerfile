@@ -87,8 +87,14 @@ RUN if [ -n "$TORCH_WHEEL" ]; then pip install --no-cache-dir "$TORCH_WHEEL"; \
 # ------------------------------------------------------------ our own packages
 FROM deps-serve AS app
 WORKDIR /src
-# .dockerignore lets only pyproject.toml, README.md and the packages in.
-COPY . ./
+# The same list as .dockerignore's allow-list (tests/deploy/test_packaging.py holds them equal).
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY store ./store
+COPY runner ./runner
+COPY training ./training
+COPY retrain ./retrain
+COPY service ./service
 # Into a prefix of its own, laid out like the venv, for the final COPY to merge.
 RUN pip install --no-cache-dir --no-deps --prefix /opt/app .
 

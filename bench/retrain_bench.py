@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -286,12 +287,19 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def cells(runs: list[dict[str, Any]]) -> str:
-    """The Markdown table: one row per topic, N, mode and batch kind, medians over seeds."""
+def grouped(
+    runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Any, ...]]
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
-        key = (r["topic"], r["n"], r["mode"], r["wrong"], json.dumps(r["variant"]))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
+def cells(runs: list[dict[str, Any]]) -> str:
+    """The Markdown table: one row per topic, N, mode and batch kind, medians over seeds."""
+    groups = grouped(runs, lambda r: (r["topic"], r["n"], r["mode"], r["wrong"],
+                                      json.dumps(r["variant"])))  # fmt: skip
     out = [
         "| topic | N | mode | labels | promoted | s to served (median) | topic Δ | rest Δ "
         "| gate old Δ | flagged / reference | false rej. | false prom. |",
@@ -320,9 +328,7 @@ def acceptance(runs: list[dict[str, Any]]) -> str:
     """Issue 22's acceptance, checked on the runs: rates, forgetting, share of the refit's gain."""
     right = [r for r in runs if not r["wrong"]]
     wrong = [r for r in runs if r["wrong"]]
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in right:
-        groups.setdefault((r["topic"], r["n"], r["mode"]), []).append(r)
+    groups = grouped(right, lambda r: (r["topic"], r["n"], r["mode"]))
     med = lambda rs, k: _median([r[k] for r in rs if k in r])  # noqa: E731
     rejected_cells = sum(any(r["false_rejection"] for r in rs) for rs in groups.values())
     lines = [
@@ -364,7 +370,7 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
             for n, wrong in batches + [(n, False) for n in args.sizes[1:]]
             for topic in args.topics
             for mode in (args.wrong_modes if wrong else args.modes)
-            for seed in (args.wrong_seeds if wrong else seeds_of(mode, args))
+            for seed in seeds_of(mode, wrong, args)
             for variant in args.envs
             for clients in args.clients
         ]
@@ -406,9 +412,11 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
             shutil.copy(service.home / "serve.log", OUT / "retrain_bench-serve.log")
 
 
-def seeds_of(mode: str, args: argparse.Namespace) -> list[int]:
-    """A refit's seeds can be fewer: it is the cell's yardstick, not what is judged."""
-    return (args.refit_seeds or args.seeds) if mode == "refit" else args.seeds
+def seeds_of(mode: str, wrong: bool, args: argparse.Namespace) -> list[int]:
+    """Refits and wrong batches can have fewer seeds: a refit is the cell's yardstick, not
+    what it judges, and every wrong batch must be rejected whatever its seed."""
+    chosen = args.wrong_seeds if wrong else args.refit_seeds if mode == "refit" else None
+    return chosen or args.seeds
 
 
 def main() -> None:
@@ -447,7 +455,6 @@ def main() -> None:
         runs = json.loads(args.report.read_text())["runs"]
         print(f"{cells(runs)}\n\n{acceptance(runs)}")
         return
-    args.wrong_seeds = args.wrong_seeds or args.seeds
     interrupt_on_sigterm()  # SIGTERM unwinds like Ctrl-C: `finally` stops the server's tree
     OUT.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="retrain-bench-"))

@@ -2,9 +2,8 @@
 
 Process hygiene: a benchmark stopped with SIGTERM (or Ctrl-C) must take its `bentoml serve` and
 every retrain that server started with it: a leftover server that shares the
-state directory with the next run spoils that run (bench/RETRAIN.md,
-2026-11-23). And before a run starts, no stray server or retrain from an
-earlier one may still be using the CPU.
+state directory with the next run spoils that run. And before a run starts, no
+stray server or retrain from an earlier one may still be using the CPU.
 """
 
 from __future__ import annotations

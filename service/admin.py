@@ -10,33 +10,36 @@ and a refused request stores nothing.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request, Security
 from fastapi.security import HTTPBearer
-from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from core import registry
 from core.text import EVAL_FRACTION, in_eval_split
 from runner.queue import JobRunner
 from service.admin_schemas import (
+    MAX_ID,
     Activated,
     CancelRequest,
     Deleted,
+    ExampleId,
     ExampleIn,
     ExampleOut,
     ExamplePage,
     Intake,
     IntakeOut,
+    JobId,
     JobList,
     JobOut,
     ModelsOut,
+    Reason,
     Relabel,
     RetrainOut,
     RetrainRequest,
     RevertOut,
+    Since,
     Storable,
     VersionOut,
 )
@@ -54,30 +57,6 @@ LIST_PARAMS = frozenset({"label", "source", "since", "cursor", "limit"})
 bearer = HTTPBearer(
     scheme_name="adminToken", auto_error=False, description="The ADMIN_TOKEN setting."
 )
-MAX_ID = 2**63 - 1  # the databases' integer
-Reason = Annotated[
-    Storable | None, Query(max_length=500, description="Kept with the deleted rows.")
-]
-ExampleId = Annotated[
-    int, Path(ge=1, le=MAX_ID, description="The example's id (GET /examples lists them).")
-]
-JobId = Annotated[str, Path(max_length=100, description="The job's id (GET /jobs lists them).")]
-
-
-def _iso_time(value: object) -> object:
-    """pydantic would read '0.5' as a Unix time; the documented format is ISO 8601."""
-    try:
-        float(str(value))
-    except ValueError:
-        return value
-    raise ValueError("since must be an ISO 8601 time, e.g. 2026-11-23T12:00:00Z")
-
-
-Since = Annotated[
-    datetime | None,
-    BeforeValidator(_iso_time),
-    Query(description="Only examples changed at or after this ISO 8601 time."),
-]
 
 
 def _example_out(example: StoredExample) -> ExampleOut:

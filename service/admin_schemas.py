@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from fastapi import Path, Query
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+)
 
 from core.text import (
     MAX_LABEL_CHARS,
@@ -299,3 +308,30 @@ class ModelsOut(BaseModel):
 class Activated(BaseModel):
     active: str
     previous: str | None
+
+
+# Path and query parameters of the admin routes.
+MAX_ID = 2**63 - 1  # the databases' integer
+Reason = Annotated[
+    Storable | None, Query(max_length=500, description="Kept with the deleted rows.")
+]
+ExampleId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="The example's id (GET /examples lists them).")
+]
+JobId = Annotated[str, Path(max_length=100, description="The job's id (GET /jobs lists them).")]
+
+
+def iso_time(value: object) -> object:
+    """pydantic would read '0.5' as a Unix time; the documented format is ISO 8601."""
+    try:
+        float(str(value))
+    except ValueError:
+        return value
+    raise ValueError("since must be an ISO 8601 time, as YYYY-MM-DDTHH:MM:SSZ")
+
+
+Since = Annotated[
+    datetime | None,
+    BeforeValidator(iso_time),
+    Query(description="Only examples changed at or after this ISO 8601 time."),
+]

@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 import kubernetes_validate
 import yaml
 
+from core.settings import RunnerSettings
+
 Manifest = dict[str, Any]
 K8S_VERSION = "1.33.0"
 # Where k8s/overlays/scaled puts the retrain PodTemplate, and its name.
@@ -275,3 +277,19 @@ def write_kubeconfig(path: Path, url: str, namespace: str) -> Path:
         )
     )
     return path
+
+
+TIMEOUT_S = 60
+STALE_S = 1.0  # a job is stale this long after its last heartbeat
+
+
+def runner_settings() -> RunnerSettings:
+    """Settings of a runner that launches its Jobs on this fake."""
+    return RunnerSettings(
+        retrain_backend="kubernetes",
+        pod_namespace=NAMESPACE,
+        retrain_pod_template=TEMPLATE,
+        retrain_timeout_s=TIMEOUT_S,
+        gate_margin=0.05,
+        job_stale_seconds=STALE_S,
+    )

@@ -214,6 +214,11 @@ def test_no_secret_is_baked_into_an_image_layer() -> None:
     for word, args in instructions(dockerfile()):
         if word in {"ARG", "ENV", "LABEL"}:
             assert not secret_like.search(args), f"{word} {args}"
+    assert admitted() == {"pyproject.toml", "README.md"} | packages()
+
+
+def admitted() -> set[str]:
+    """The paths .dockerignore's allow-list lets into the build context."""
     ignore = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -222,8 +227,21 @@ def test_no_secret_is_baked_into_an_image_layer() -> None:
     # An allow-list: nothing but the sources the build installs reaches the context
     # (tests/deploy/test_image.py builds with it).
     assert ignore[0] == "*"
-    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    return {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+
+
+def packages() -> set[str]:
     with (ROOT / "pyproject.toml").open("rb") as f:
         find = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {pattern.rstrip("*") for pattern in find}
-    assert allowed == {"pyproject.toml", "README.md"} | packages
+    return {pattern.rstrip("*") for pattern in find}
+
+
+def test_the_app_stage_copies_exactly_what_the_context_admits() -> None:
+    """A path left out of the context fails the build; a package left out of COPY is
+    missing from the image."""
+    copied = {
+        source.rstrip("/")
+        for args in (a for w, a in stages(dockerfile())["app"] if w == "COPY")
+        for source in args.split()[:-1]
+    }
+    assert copied == admitted()
