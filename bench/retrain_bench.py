@@ -67,8 +67,8 @@ FIRST_FIT = (200, 100)  # the first `training fit`: training texts, evaluation t
 FINAL = ("succeeded", "rejected", "failed")
 RETRAIN_ENV = (
     "RETRAIN_THREADS", "REPLAY_RATIO", "REPLAY_MIN", "REPLAY_MAX", "INCREMENTAL_EPOCHS",
-    "INCREMENTAL_LR", "REFIT_EPOCHS", "GATE_MARGIN", "GATE_MIN_EVAL", "GATE_MIN_NEW",
-    "GATE_LABEL_NOISE", "WORKERS",
+    "INCREMENTAL_LR", "REFIT_EPOCHS", "GATE_MARGIN", "GATE_REFIT_MARGIN", "GATE_MIN_EVAL",
+    "GATE_MIN_NEW", "GATE_LABEL_NOISE", "WORKERS",
 )  # fmt: skip
 
 
@@ -248,9 +248,11 @@ def env_variant(spec: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in spec.split(",") if item)
 
 
-def margin(env: dict[str, str]) -> float:
-    """GATE_MARGIN as the server runs with it: the false-rejection test uses the same."""
-    return float(env.get("GATE_MARGIN") or Settings.model_fields["gate_margin"].default)
+def margin(env: dict[str, str], mode: str) -> float:
+    """The gate's margin for `mode` as the server runs with it: the false-rejection test
+    uses the same."""
+    name = "gate_refit_margin" if mode == "refit" else "gate_margin"
+    return float(env.get(name.upper()) or Settings.model_fields[name].default)
 
 
 def judged(r: dict[str, Any], after: dict[str, float] | None, before: dict[str, float]) -> None:
@@ -303,7 +305,7 @@ def bench(shifts: Shifts, home: Path, args: argparse.Namespace, results: dict[st
             service.post_examples(posted, "topic")
             r: dict[str, Any] = {
                 "topic": topic, "n": n, "seed": seed, "mode": mode, "wrong": wrong,
-                "variant": variant, "clients": clients, "margin": margin(service.env),
+                "variant": variant, "clients": clients, "margin": margin(service.env, mode),
             }  # fmt: skip
             r |= one_run(service, {"mode": mode, "seed": seed}, clients, tag, args, texts)
             candidate = r["job"].get("candidate_version")

@@ -53,6 +53,14 @@ class RetrainSettings(StateSettings):
         "of its difference from the active version (overall, on the old slice) and from the "
         "chain's reference version must be above -this (retrain/gate.py).",
     )
+    gate_refit_margin: float = Field(
+        0.045,
+        ge=0,
+        le=1,
+        description="GATE_MARGIN for a refit candidate: a model trained afresh differs from "
+        "the active version by its seed as well as by its data, so it gets a wider margin "
+        "(bench/RETRAIN.md).",
+    )
     gate_confidence: float = Field(
         0.95, gt=0.5, lt=1, description="One-sided confidence of the gate's bounds."
     )

@@ -64,6 +64,7 @@ def gather(
         new=np.array([r.new for r in rows], dtype=bool),
         n_classes=len(labels),
         new_data=plan.new_examples > 0,
+        refit=plan.mode == "refit",
     )
     if active is None or not rows:
         return evidence, rows

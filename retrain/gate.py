@@ -11,7 +11,8 @@ every condition holds:
    straddle zero), the candidate learned them (the new slice's lower bound is
    above zero);
 2. non-inferior overall and on the old slice (texts there before the new
-   data): the lower bound is above -GATE_MARGIN;
+   data): the lower bound is above -GATE_MARGIN (-GATE_REFIT_MARGIN for a
+   refit, which differs from the active version by its seed too);
 3. not worse on the new slice, when it holds GATE_MIN_NEW texts: its upper
    bound is not below zero (the record says when there are too few to judge);
 4. the chain stays bounded: the same non-inferiority against the reference
@@ -148,6 +149,7 @@ class Evidence:
     new: Mask  # the new slice: texts added or relabeled since the active version
     n_classes: int
     new_data: bool  # anything added or relabeled since the active version, in any split
+    refit: bool = False  # trained afresh, not warm-started from the active version
     reference: Reference | None = None
     reference_missing: str | None = None  # why no reference bounds the chain
     labels: LabelNoise | None = None
@@ -229,8 +231,9 @@ def _slice(ev: Evidence, mask: Mask, other: Ints, s: RetrainSettings) -> Compari
 
 def decide(ev: Evidence, s: RetrainSettings) -> Decision:
     """The gate's verdict, each condition stated with its numbers (see the module docstring)."""
+    margin = s.gate_refit_margin if ev.refit else s.gate_margin
     record: dict[str, Any] = {
-        "margin": s.gate_margin, "confidence": s.gate_confidence, "min_eval": s.gate_min_eval,
+        "margin": margin, "confidence": s.gate_confidence, "min_eval": s.gate_min_eval,
         "min_new": s.gate_min_new,
     }  # fmt: skip
     if ev.labels is not None:
@@ -256,8 +259,8 @@ def decide(ev: Evidence, s: RetrainSettings) -> Decision:
              "or fewer epochs may keep it; more new labels will not"  # fmt: skip
     conditions = [
         _labels(ev, s, new),
-        _non_inferior("non-inferior overall", total, s.gate_margin, forgot),
-        _non_inferior("non-inferior on the old slice", old, s.gate_margin, forgot),
+        _non_inferior("non-inferior overall", total, margin, forgot),
+        _non_inferior("non-inferior on the old slice", old, margin, forgot),
     ]
     if new is None:
         conditions.append(Condition("not worse on the new slice", None, (
@@ -271,7 +274,7 @@ def decide(ev: Evidence, s: RetrainSettings) -> Decision:
             f"bound {_pt(new.high)}",
             "the candidate did not learn the new labels: more labels of that kind, or check them",
         ))  # fmt: skip
-    conditions.append(_chain(ev, s, record))
+    conditions.append(_chain(ev, s, margin, record))
     if not ev.new_data:
         conditions.append(Condition(
             "better, with no new data", total.low > 0,
@@ -296,7 +299,7 @@ def decide(ev: Evidence, s: RetrainSettings) -> Decision:
     ), record)  # fmt: skip
 
 
-def _chain(ev: Evidence, s: RetrainSettings, record: dict[str, Any]) -> Condition:
+def _chain(ev: Evidence, s: RetrainSettings, margin: float, record: dict[str, Any]) -> Condition:
     ref = ev.reference
     name = "chain bounded by its reference"
     if ref is None:
@@ -307,7 +310,7 @@ def _chain(ev: Evidence, s: RetrainSettings, record: dict[str, Any]) -> Conditio
     record["reference"] = {"version": ref.tag} | (
         c.record("reference") if c else {"texts": int(mask.sum())}
     )
-    condition = _non_inferior(name, c, s.gate_margin, (
+    condition = _non_inferior(name, c, margin, (
         f"small steps added up: the candidate is worse than {ref.tag}, where this chain of "
         "incremental versions started; a refit (mode refit) starts a new chain"
     ))  # fmt: skip

@@ -62,6 +62,19 @@ def test_a_candidate_worse_on_the_old_slice_is_rejected_though_the_total_rises()
     assert "forgot" in decision.message
 
 
+def test_a_refit_is_judged_with_its_own_wider_margin() -> None:
+    # 60 more old texts wrong: about 10 points, beyond GATE_MARGIN, within a wide refit margin.
+    settings = SETTINGS.model_copy(update={"gate_refit_margin": 0.15})
+    warm = evidence()
+    warm.candidate = flip(warm.candidate, np.arange(1, N_OLD, 10))
+    assert not decide(warm, settings).promote
+    refit = evidence(refit=True, candidate=warm.candidate)
+    decision = decide(refit, settings)
+    assert decision.promote, decision.message
+    assert decision.record["margin"] == 0.15
+    assert -0.15 < decision.record["old"]["lower_bound"] < -SETTINGS.gate_margin
+
+
 def test_a_tiny_old_slice_drop_within_the_margin_is_promoted() -> None:
     ev = evidence()
     ev.candidate = flip(ev.candidate, np.array([1]))  # one old text: noise, not forgetting
