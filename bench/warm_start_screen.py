@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from retrain_helpers import cpu_info
 from sklearn.metrics import f1_score
-from topics import TOPICS, Row, Shifts, load_shifts, wrong_labels
+from topics import TOPIC_SETS, Row, Shifts, load_shifts, wrong_labels
 
 from core import registry
 from core.settings import RetrainSettings
@@ -137,7 +137,13 @@ def run_one(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--topics", nargs="+", default=list(TOPICS))
+    parser.add_argument(
+        "--topic-set",
+        choices=sorted(TOPIC_SETS),
+        default="screen",
+        help="held out of the store; the matrix's own topics are 'matrix'",
+    )
+    parser.add_argument("--topics", nargs="+", default=None, help="default: the whole set")
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", type=json.loads, nargs="+", default=[{}], metavar="JSON")
@@ -148,7 +154,7 @@ def main() -> None:
     if "BENTOML_HOME" not in os.environ or "STATE_DIR" not in os.environ:
         sys.exit("set BENTOML_HOME and STATE_DIR: the setup version and its store live there")
     OUT.mkdir(exist_ok=True)
-    shifts = load_shifts()
+    shifts = load_shifts(TOPIC_SETS[args.topic_set])
     settings = RetrainSettings(model_name="screen", retrain_threads=args.threads)
     active = setup(shifts, settings, args.setup_epochs)
     store = open_store(settings.resolved_database_url)
@@ -164,7 +170,7 @@ def main() -> None:
               started_at=None, finished_at=None)  # fmt: skip
     tmp = OUT / "screen-data"
     reference = [(r.text, r.label) for r in base.rows if in_eval_split(r.text, EVAL_FRACTION)]
-    for topic in args.topics:
+    for topic in args.topics or list(shifts.topics):
         sets = {"topic": shifts.topics[topic].eval, "rest": shifts.rest_eval}
         before: dict[str, float] = {}
         for n in args.sizes:
