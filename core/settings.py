@@ -57,9 +57,9 @@ class RetrainSettings(StateSettings):
         0.045,
         ge=0,
         le=1,
-        description="GATE_MARGIN for a refit candidate: a model trained afresh differs from "
-        "the active version by its seed as well as by its data, so it gets a wider margin "
-        "(bench/RETRAIN.md).",
+        description="GATE_MARGIN for a refit candidate (never less than GATE_MARGIN): a model "
+        "trained afresh differs from the active version by its seed as well as by its data, so "
+        "it gets a wider margin (bench/RETRAIN.md).",
     )
     gate_confidence: float = Field(
         0.95, gt=0.5, lt=1, description="One-sided confidence of the gate's bounds."
@@ -83,6 +83,12 @@ class RetrainSettings(StateSettings):
     replay_max: int = Field(4000, ge=0, description="Incremental: replay at most this many.")
     incremental_epochs: float = Field(
         2.0, gt=0, le=20, description="Incremental: passes over new + replayed examples."
+    )
+    incremental_min_steps: int = Field(
+        120,
+        ge=0,
+        description="Incremental: train at least this many optimizer steps, with more passes "
+        "when the new and replayed examples are few (bench/RETRAIN.md).",
     )
     incremental_average: float = Field(
         0.5,

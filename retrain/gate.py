@@ -231,7 +231,7 @@ def _slice(ev: Evidence, mask: Mask, other: Ints, s: RetrainSettings) -> Compari
 
 def decide(ev: Evidence, s: RetrainSettings) -> Decision:
     """The gate's verdict, each condition stated with its numbers (see the module docstring)."""
-    margin = s.gate_refit_margin if ev.refit else s.gate_margin
+    margin = max(s.gate_margin, s.gate_refit_margin) if ev.refit else s.gate_margin
     record: dict[str, Any] = {
         "margin": margin, "confidence": s.gate_confidence, "min_eval": s.gate_min_eval,
         "min_new": s.gate_min_new,

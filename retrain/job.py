@@ -102,7 +102,12 @@ def build_config(
     if incremental:
         run["evals_per_epoch"] = 1  # only to keep the best epoch: evaluations cost steps
         run["average"] = settings.incremental_average
-    return TrainConfig(**recipe | run | job.params.get("training", {}))
+    asked = job.params.get("training", {})
+    cfg = TrainConfig(**recipe | run | asked)
+    if incremental and "epochs" not in asked:  # a few new labels still get enough steps
+        floor = settings.incremental_min_steps * cfg.batch_size / max(1, len(plan.train))
+        cfg = cfg.model_copy(update={"epochs": max(cfg.epochs, floor)})
+    return cfg
 
 
 def write_plan(folder: Path, plan: Plan) -> dict[str, Path]:

@@ -11,8 +11,10 @@ import pytest
 from core.registry import HF_DIR, ModelVersion
 from core.settings import RetrainSettings
 from core.text import EVAL_FRACTION, in_eval_split
+from retrain.job import build_config, write_plan
 from retrain.plan import PlanError, make_plan
 from store.examples import Snapshot, StoredExample
+from store.jobs import Job, JobState
 from training.train import class_weights
 
 SETTINGS = RetrainSettings(replay_ratio=2, replay_min=10, replay_max=50, refit_share=0.3)
@@ -125,3 +127,27 @@ def test_replay_keeps_enough_of_a_rare_label_to_train_on(tmp_path: Path) -> None
     plan = make_plan(snapshot(OLD + rare + new), "incremental", active, 1, SETTINGS)
     rare_train = sum(not in_eval_split(t, EVAL_FRACTION) for t, *_ in rare)
     assert sum(r.label == "rare" for r in plan.train) == min(4, rare_train)
+
+
+def job(training: dict[str, object] | None = None) -> Job:
+    params = {"training": training} if training else {}
+    return Job(
+        id="j", model_name="m", state=JobState.RUNNING, params=params, progress=0, message=None,
+        candidate_version=None, metrics=None, decision=None, error=None, mode=None,
+        summary=None, created_at=NOW, started_at=NOW, finished_at=None,
+    )  # fmt: skip
+
+
+def test_a_small_incremental_trains_at_least_the_minimum_steps(tmp_path: Path) -> None:
+    new = [(f"new text number {i}", "pos", 5) for i in range(20)]
+    active = version(tmp_path)
+    plan = make_plan(snapshot(OLD + new), "incremental", active, 1, SETTINGS)
+    files = write_plan(tmp_path, plan)
+    cfg = build_config(job(), plan, files, active, SETTINGS)
+    steps = cfg.epochs * len(plan.train) / cfg.batch_size
+    assert cfg.epochs > SETTINGS.incremental_epochs
+    assert steps == pytest.approx(SETTINGS.incremental_min_steps)
+    asked = build_config(job({"epochs": 1.0}), plan, files, active, SETTINGS)
+    assert asked.epochs == 1.0  # a request's own epochs win
+    few = SETTINGS.model_copy(update={"incremental_min_steps": 0})
+    assert build_config(job(), plan, files, active, few).epochs == SETTINGS.incremental_epochs
