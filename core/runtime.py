@@ -27,6 +27,8 @@ from core.registry import ONNX_FILE, TOKENIZER_FILE
 
 # ONNX metadata key the export sets when a row's logits depend on that row alone.
 BATCH_INVARIANT = "selftune.batch_invariant"
+# ONNX metadata key of the temperature that calibrates the scores (training/temperature.py).
+TEMPERATURE = "selftune.temperature"
 # Padded tokens a run may carry, as a share of its real ones; and rows per run. On 64-text
 # batches (bench/SERVING.md) 12.5% was fastest with 2 ORT threads and within 1% of
 # exact-length groups with 1; 25%, 50% and padding to the longest cost more.
@@ -162,6 +164,7 @@ class Classifier:
         self.tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE, max_length)
         marks = self.session.get_modelmeta().custom_metadata_map
         self.batch_invariant = marks.get(BATCH_INVARIANT) == "true"
+        self.temperature = float(marks.get(TEMPERATURE, 1.0))
         self.max_padding = max_padding
         self.max_rows = max_rows if self.batch_invariant else 1
         self.side_by_side = SideBySide(model_dir, threads) if threads > 1 else None
@@ -171,9 +174,10 @@ class Classifier:
         return self._run(texts)[0]
 
     def score(self, texts: Sequence[str]) -> Scored:
-        """Class probabilities, one row per text, in input order."""
+        """Calibrated class probabilities (softmax of logits / the file's temperature), one
+        row per text, in input order."""
         logits, tokens = self._run(texts)
-        return Scored(logits, softmax(logits), tokens)
+        return Scored(logits, softmax(logits / self.temperature), tokens)
 
     def _run(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], int]:
         if not texts:

@@ -45,9 +45,10 @@ class Prediction(BaseModel):
     """The answer for one text."""
 
     label: str = Field(description="The most probable label.")
-    score: float = Field(description="Probability of `label`.")
-    scores: dict[str, float] = Field(description="Probability of every label.")
+    score: float = Field(description="Calibrated probability of `label`.")
+    scores: dict[str, float] = Field(description="Calibrated probability of every label.")
     logits: dict[str, float] = Field(
-        description="The model's raw output per label; `scores` is their softmax."
+        description="The model's raw output per label; `scores` is the softmax of these "
+        "divided by the version's temperature (`calibration` in its metrics)."
     )
     model_version: str = Field(description="The model version that scored this text.")

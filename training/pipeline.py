@@ -32,6 +32,7 @@ from core.registry import (
     ModelVersion,
     register,
 )
+from core.runtime import Classifier
 from core.text import text_key
 from training import data as datamod
 from training.config import TrainConfig
@@ -40,6 +41,7 @@ from training.export import check_parity, torch_logits, write_onnx
 from training.precision import choose_precision
 from training.report import write_report
 from training.strategies import merged_for_export
+from training.temperature import calibrate
 from training.train import average_with, fine_tune, load_base, warm_start_folder, weights
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,12 @@ def run_fit(
         precision, evaluation = chosen.precision, chosen.evaluation
         write_eval_predictions(staging / EVAL_PREDICTIONS_FILE, splits.eval.texts, chosen.predicted)
         clock.lap("quantize_and_evaluate")
+        calibration = calibrate(
+            staging, Classifier(staging, cfg.max_length, cfg.cpu_threads),
+            (list(splits.dev.texts), list(splits.dev.labels)), chosen.logits,
+            list(splits.eval.labels),
+        )  # fmt: skip
+        clock.lap("calibrate")
         report(PHASES["register"], "registering the version")
         metrics = {
             "evaluation": evaluation,
@@ -216,6 +224,7 @@ def run_fit(
             "fp32_macro_f1": chosen.fp32_macro_f1,
             "int8_macro_f1": chosen.int8_macro_f1,
             "precision_check": chosen.check,
+            "calibration": calibration.record(),
             "parity": {
                 "max_abs_logit_diff": parity.max_abs_diff,
                 "label_agreement": parity.agreement,
@@ -240,6 +249,7 @@ def run_fit(
             result.history,
             result.best_step,
             f"{cfg.name} · {cfg.strategy} · {precision}",
+            calibration,
         )
         metadata = {
             "labels": list(splits.train.label_names),

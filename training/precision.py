@@ -58,6 +58,7 @@ class Chosen:
     fp32_macro_f1: float
     int8_macro_f1: float | None
     check: dict[str, Any]
+    logits: Logits  # the kept model's, on the evaluation texts (for calibration)
 
 
 def int8_within_budget(fp32_macro_f1: float, int8_macro_f1: float, budget: float) -> bool:
@@ -125,9 +126,11 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
 
     def fp32_only(reason: str) -> Chosen:
         progress(0.5, f"evaluating fp32 on {len(texts)} held-out texts")
-        predicted = fp32.predict_indices(texts)
+        logits = fp32.logits(texts)
+        predicted = [int(i) for i in logits.argmax(axis=1)]
         evaluation = metrics(predicted)
-        return Chosen("fp32", evaluation, predicted, evaluation["macro_f1"], None, {"why": reason})
+        return Chosen("fp32", evaluation, predicted, evaluation["macro_f1"], None,
+                      {"why": reason}, logits)  # fmt: skip
 
     if not cfg.int8:
         return fp32_only("int8 off")
@@ -163,12 +166,12 @@ def choose_precision(staging: Path, held: LabeledData, train_texts: Sequence[str
             )  # fmt: skip
             lost = fp32_only("int8 over the macro-F1 budget")
             return Chosen("fp32", lost.evaluation, lost.predicted, lost.fp32_macro_f1,
-                          evaluation["macro_f1"], check)  # fmt: skip
+                          evaluation["macro_f1"], check, lost.logits)  # fmt: skip
         (int8_dir / ONNX_FILE).replace(staging / ONNX_FILE)
         log.info(
             "int8 kept: macro-F1 %.4f vs fp32 %.4f on %d texts (fp32 ran on %d)",
             evaluation["macro_f1"], fp32_f1, len(texts), check["fp32_scored"],
         )  # fmt: skip
-        return Chosen("int8", evaluation, predicted, fp32_f1, evaluation["macro_f1"], check)
+        return Chosen("int8", evaluation, predicted, fp32_f1, evaluation["macro_f1"], check, int8)
     finally:
         shutil.rmtree(int8_dir)

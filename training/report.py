@@ -1,15 +1,16 @@
 """report.png: what a reviewer looks at before trusting a version.
 
-Three panels: the evaluation confusion matrix (row-normalised, counts
-printed), train and dev loss per evaluation, and dev macro-F1 with the step
-whose weights were kept.
+Four panels: the evaluation confusion matrix (row-normalised, counts
+printed), train and dev loss per evaluation, dev macro-F1 with the step whose
+weights were kept, and the reliability diagram of the scores before and after
+calibration (training/temperature.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -17,6 +18,9 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.temperature import Calibration
 
 # Labels are user text: "$" must print as a dollar, not start mathtext (it broke a report).
 matplotlib.rcParams["text.parse_math"] = False
@@ -28,8 +32,9 @@ def write_report(
     history: Sequence[Mapping[str, float]],
     best_step: int,
     title: str,
+    calibration: Calibration | None = None,
 ) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
     labels = list(metrics["labels"])
     matrix = np.asarray(metrics["confusion_matrix"], dtype=float)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -63,6 +68,20 @@ def write_report(
     axes[2].set_xlabel("step")
     axes[2].set_title("dev macro-F1")
     axes[2].legend()
+
+    ax = axes[3]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    if calibration is not None:
+        for bins, name, ece in (
+            (calibration.bins_before, "softmax", calibration.ece_before),
+            (calibration.bins_after, f"T = {calibration.temperature:.2f}", calibration.ece_after),
+        ):
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+                    marker="o", label=f"{name} (ECE {ece:.3f})")  # fmt: skip
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (evaluation texts)")
+    ax.legend()
 
     fig.suptitle(title)
     fig.tight_layout()

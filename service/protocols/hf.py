@@ -5,7 +5,8 @@ function_to_apply=...)` posts `{"inputs": ..., "parameters": {...}}` to the URL
 it is given and reads element 0 of a list of lists, so every input gets its
 own inner list, one input included. Scores follow `function_to_apply` as the
 transformers pipeline applies it to the logits (softmax by default for a
-model with several labels); items come sorted by score, cut to `top_k`.
+model with several labels; ours is the calibrated one, logits / temperature);
+items come sorted by score, cut to `top_k`.
 """
 
 from __future__ import annotations
