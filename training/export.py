@@ -132,13 +132,20 @@ def fuse(path: Path, config: PretrainedConfig) -> None:
     fused.save_model_to_file(str(path))
 
 
+def add_marks(model: onnx.ModelProto, marks: dict[str, str]) -> None:
+    """Add metadata entries `core.runtime.Classifier` reads, keeping the ones already there
+    (`onnx.helper.set_model_props` alone replaces them all)."""
+    kept = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, kept | marks)
+
+
 def mark_batch_invariant(model: onnx.ModelProto) -> None:
     """Record in the model that a row's logits depend on that row alone.
 
     `core.runtime.Classifier` batches only such models; a file without the mark
     (a dynamically quantized one from an earlier release) runs one text at a time.
     """
-    onnx.helper.set_model_props(model, {BATCH_INVARIANT: "true"})
+    add_marks(model, {BATCH_INVARIANT: "true"})
 
 
 def torch_logits(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -19,8 +19,7 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-if TYPE_CHECKING:
-    from training.temperature import Calibration
+from training.temperature import Calibration
 
 # Labels are user text: "$" must print as a dollar, not start mathtext (it broke a report).
 matplotlib.rcParams["text.parse_math"] = False

@@ -26,11 +26,12 @@ from scipy.optimize import minimize_scalar
 
 from core.registry import ONNX_FILE
 from core.runtime import TEMPERATURE, Classifier, softmax
+from training.export import add_marks
 
 Logits = npt.NDArray[np.float32]
 ECE_BINS = 10
-# T is searched in log space between these: beyond them the dev split is too small or
-# the model degenerate, and clamping says so in metrics.json rather than failing the fit.
+# T is searched in log space between these; a T at either end means a dev split too small
+# or a degenerate model, and metrics.json shows it.
 T_RANGE = (0.05, 20.0)
 
 
@@ -105,7 +106,7 @@ def calibrate(
     eval_logits: Logits, eval_labels: list[int],
 ) -> Calibration:  # fmt: skip
     """Fit T on the dev texts with the kept model, measure ECE on the evaluation texts, and
-    write T into staging's model.onnx."""
+    write T into staging's model.onnx (left as it is when T stays 1)."""
     dev_texts, dev_labels = dev
     dev_logits = classifier.logits(dev_texts) if dev_texts else np.zeros((0, 1), np.float32)
     dev_y = np.asarray(dev_labels, dtype=np.int64)
@@ -114,10 +115,10 @@ def calibrate(
     y = np.asarray(eval_labels, dtype=np.int64)
     ece_before, bins_before = reliability(softmax(eval_logits), y)
     ece_after, bins_after = reliability(softmax(eval_logits / temperature), y)
-    path = staging / ONNX_FILE
-    model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props}
-    onnx.helper.set_model_props(model, props | {TEMPERATURE: repr(temperature)})
-    onnx.save(model, str(path))
+    if temperature != 1.0:
+        path = staging / ONNX_FILE
+        model = onnx.load(str(path))
+        add_marks(model, {TEMPERATURE: repr(temperature)})
+        onnx.save(model, str(path))
     return Calibration(temperature, len(dev_texts), errors, ece_before, ece_after, bins_before,
                        bins_after)  # fmt: skip

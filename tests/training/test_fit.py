@@ -225,8 +225,6 @@ def test_scores_are_calibrated_by_a_temperature_fitted_on_the_dev_split(
 def test_a_model_right_on_every_dev_text_keeps_its_scores(tiny_version: str) -> None:
     version = get(tiny_version)
     calibration = version.metrics()["calibration"]
-    if calibration["dev_errors"] == 0:
-        assert calibration["temperature"] == 1.0
-    assert Classifier(version.path, version.max_length, 1).temperature == pytest.approx(
-        calibration["temperature"], rel=1e-3
-    )
+    assert calibration["dev_errors"] == 0  # clean, learnable data: the premise of this test
+    assert calibration["temperature"] == 1.0
+    assert Classifier(version.path, version.max_length, 1).temperature == 1.0
