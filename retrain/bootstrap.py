@@ -81,7 +81,10 @@ def queue_refit(settings: RetrainSettings) -> str:
     store = open_store(settings.resolved_database_url)
     with store.transaction() as tx:
         job = jobs.create(
-            tx, settings.model_name, {"mode": "refit", "training": {"epochs": REFIT_EPOCHS}}
+            tx,
+            settings.model_name,
+            {"mode": "refit", "training": {"epochs": REFIT_EPOCHS}},
+            trigger="bootstrap",
         )
     log.info("queued job %s: the service trains the default model on every example", job.id)
     return job.id

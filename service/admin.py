@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request, Security
 from fastapi.security import HTTPBearer
-from sqlalchemy.orm import Session
 
 from core import registry
 from core.text import EVAL_FRACTION, in_eval_split
@@ -170,7 +169,11 @@ class AdminApi:
                     if new
                     else None
                 )
-                job, joined = self._queue(tx, job_params) if job_params else (None, False)
+                job, joined = (
+                    jobs.queue_or_join(tx, self.settings.model_name, job_params)
+                    if job_params
+                    else (None, False)
+                )
         except examples.ConflictError as exc:
             details = [ErrorDetail(loc=loc, msg=msg) for loc, msg in exc.problems]
             raise RefusedError(
@@ -178,18 +181,6 @@ class AdminApi:
             ) from exc
         intake = IntakeOut(**vars(result)) if result else None
         return intake if job is None else _queued(job, joined, intake)
-
-    def _queue(self, tx: Session, params: dict[str, Any]) -> tuple[Job, bool]:
-        """The queued job with exactly these params (True: joined), else a new one.
-
-        Called after the request's examples are written: the job joined is locked
-        (`store.jobs.queued_like`), so it cannot start, and read the store, before
-        they commit; it trains on them as a new job would.
-        """
-        queued = jobs.queued_like(tx, self.settings.model_name, params)
-        if queued is not None:
-            return queued, True
-        return jobs.create(tx, self.settings.model_name, params), False
 
     # --- examples -------------------------------------------------------------
     def add_examples(self, body: Intake) -> IntakeOut:

@@ -211,6 +211,10 @@ class JobOut(BaseModel):
     state: JobState
     progress: float
     message: str | None
+    trigger: str = Field(
+        description="Who queued it: api (POST /retrain), bootstrap (make serve's first run), "
+        "labels (RETRAIN_AFTER_LABELS), drift (RETRAIN_ON_DRIFT), label-studio (START_TRAINING)."
+    )
     mode: str | None = Field(description="The mode that ran: incremental or refit.")
     mode_reason: str | None = Field(description="Why this mode ran (what auto decided).")
     compared_with: str | None = Field(
@@ -250,6 +254,7 @@ class JobOut(BaseModel):
             state=job.state,
             progress=round(job.progress, 4),
             message=job.message,
+            trigger=job.trigger,
             mode=job.mode,
             mode_reason=summary.get("reason"),
             compared_with=summary.get("compared_with"),

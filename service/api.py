@@ -22,6 +22,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from runner.queue import JobRunner
+from service import observed
 from service.admin import AdminApi
 from service.errors import (
     ErrorBody,
@@ -31,8 +32,10 @@ from service.errors import (
     log_failure,
     new_request_id,
 )
+from service.monitoring import Monitor
 from service.predict_route import Scoring
 from service.protocols import hf, v2
+from service.protocols.label_studio import LabelStudioApi
 from service.settings import Settings
 from store import Store
 from store.db import disk_full
@@ -107,7 +110,9 @@ async def _failed(request: Request, exc: Exception) -> JSONResponse:
     return _answer(500, ErrorBody(error=internal_error_message(request_id)))
 
 
-def build_api(store: Store, settings: Settings, scoring: Scoring, runner: JobRunner) -> FastAPI:
+def build_api(
+    store: Store, settings: Settings, scoring: Scoring, runner: JobRunner, monitor: Monitor
+) -> FastAPI:
     """The app `ApiRoutes` serves: the protocols over `scoring` (/predict's batches), and the
     admin routes over `store`, waking and stopping jobs through this worker's `runner`."""
     api = FastAPI(
@@ -128,4 +133,6 @@ def build_api(store: Store, settings: Settings, scoring: Scoring, runner: JobRun
     api.include_router(hf.build_router(scoring))
     api.include_router(v2.build_router(scoring))
     api.include_router(AdminApi(store, settings, runner).router)
+    api.include_router(observed.build_router(monitor, store, settings))
+    api.include_router(LabelStudioApi(scoring, store, settings, runner).router)
     return api

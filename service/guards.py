@@ -9,6 +9,8 @@ family's bodies.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Callable
 
@@ -23,7 +25,17 @@ from service.errors import JSON_MEDIA_TYPE, RequestGuard, send_json, send_json_e
 from service.protocols.v2_binary import BinaryRequests
 from service.settings import Settings
 
-ADMIN_PREFIXES = ("/examples", "/retrain", "/jobs", "/models")
+ADMIN_PREFIXES = (
+    "/examples",
+    "/retrain",
+    "/jobs",
+    "/models",
+    "/monitoring",
+    "/review-queue",
+    "/label-studio",
+)
+# Label Studio's ML-backend form sends basic auth: there, the token is also the password.
+BASIC_AUTH_PREFIXES = ("/label-studio",)
 V2_PREFIX = "/v2"
 # BentoML's index page shares "/" with our Hugging Face route (POST).
 BENTOML_SHARED = frozenset({("/", "GET"), ("/", "HEAD")})
@@ -41,11 +53,26 @@ def admin_refusal(scope: Scope, settings: Settings) -> tuple[int, str] | None:
         )
     header = Headers(scope=scope).get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
+    basic = scope["path"].startswith(BASIC_AUTH_PREFIXES)
+    if scheme.lower() == "basic" and basic:
+        given = basic_password(given)
+    elif scheme.lower() != "bearer":
+        given = ""
+    if not given or not hmac.compare_digest(
         given.strip().encode(), token.get_secret_value().encode()
     ):
-        return 401, "missing or wrong admin token: send 'Authorization: Bearer $ADMIN_TOKEN'"
+        also = " (or basic auth with it as the password)" if basic else ""
+        return 401, f"missing or wrong admin token: send 'Authorization: Bearer $ADMIN_TOKEN'{also}"
     return None
+
+
+def basic_password(credentials: str) -> str:
+    """The password of HTTP basic credentials (any user name); "" if they do not decode."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
 
 
 class ApiRoutes:

@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.model_holder import LoadedModel
 from service.schemas import PREDICT_ROUTE
+from store import Store, examples, jobs
+from store.db import utcnow
 from store.jobs import Job
 
 NAMESPACE = "selftune"
@@ -39,7 +44,7 @@ TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
 JOB_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 # The `route` label: these paths as they are, others by prefix, the rest "other".
 FAMILIES = frozenset(
-    {PREDICT_ROUTE, "/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json"}
+    {PREDICT_ROUTE, "/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/monitoring"}
 )
 PREFIX_FAMILIES = ("/v2", "/examples", "/retrain", "/jobs", "/models")
 
@@ -52,10 +57,43 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     return tuple(buckets)
 
 
+class PredictionWindow:
+    """The scores of a worker's latest predictions by the version it serves, with their
+    time: what drift is judged on (`service.monitoring`). Bounded by MONITOR_WINDOW."""
+
+    def __init__(self, size: int) -> None:
+        self._rows: collections.deque[tuple[float, npt.NDArray[np.float32]]] = collections.deque(
+            maxlen=size
+        )
+        self._version: str | None = None
+        self._lock = threading.Lock()
+
+    def add(self, version: str, probabilities: npt.NDArray[np.float32]) -> None:
+        """Model thread, after a batch; a batch the previous version scored is not counted."""
+        if version == self._version:
+            now = time.monotonic()
+            with self._lock:
+                self._rows.extend((now, row) for row in probabilities)
+
+    def restart(self, version: str) -> None:
+        """Empty it for the version now served (a swap)."""
+        with self._lock:
+            self._rows.clear()
+            self._version = version
+
+    def recent(self, max_age: float) -> npt.NDArray[np.float64]:
+        """The probabilities (predictions x labels) of the rows no older than `max_age` s."""
+        cutoff = time.monotonic() - max_age
+        with self._lock:
+            rows = [row for at, row in self._rows if at >= cutoff]
+        return np.array(rows, dtype=np.float64) if rows else np.zeros((0, 0))
+
+
 class ServiceMetrics:
     """The service's own series; one instance per worker process."""
 
-    def __init__(self, max_batch_size: int) -> None:
+    def __init__(self, max_batch_size: int, window: int) -> None:
+        self.window = PredictionWindow(window)
         # livemax: across workers a version reads 1 while any live worker serves it,
         # and 0 once all of them have swapped away.
         self.model_version = Gauge(
@@ -65,6 +103,14 @@ class ServiceMetrics:
             namespace=NAMESPACE,
             multiprocess_mode="livemax",
         )
+        # livemin: 0 while any live worker has no model (its /readyz says so too).
+        self.model_loaded = Gauge(
+            "model_loaded",
+            "1 when a worker serves a model version, 0 before its first load.",
+            namespace=NAMESPACE,
+            multiprocess_mode="livemin",
+        )
+        self.model_loaded.set(0)
         self.predictions = Counter(
             "predictions",
             "Texts classified, by predicted label and the version that scored them.",
@@ -130,6 +176,18 @@ class ServiceMetrics:
             namespace=NAMESPACE,
             multiprocess_mode="max",
         )
+        self.jobs_queued = Gauge(
+            "retrain_jobs_queued",
+            "Retrain jobs waiting in the queue.",
+            namespace=NAMESPACE,
+            multiprocess_mode="livemostrecent",
+        )
+        self.job_running_seconds = Gauge(
+            "retrain_job_running_seconds",
+            "How long the running retrain job has run; 0 when none runs.",
+            namespace=NAMESPACE,
+            multiprocess_mode="livemostrecent",
+        )
         self.active_macro_f1 = Gauge(
             "active_model_eval_macro_f1",
             "Evaluation macro-F1 of the version a worker serves, from its held-out evaluation.",
@@ -174,8 +232,18 @@ class ServiceMetrics:
             self.filesystem_free.labels(name).set(stat.f_bavail * stat.f_frsize)
             self.filesystem_size.labels(name).set(stat.f_blocks * stat.f_frsize)
 
+    def observe_store(self, store: Store) -> None:
+        """Examples stored and the job queue, from the database (job-runner poll)."""
+        with store.transaction() as tx:
+            self.examples_stored.set(examples.count(tx))
+            self.jobs_queued.set(jobs.queued_count(tx))
+            running = jobs.running(tx)
+        started = running.started_at if running else None
+        self.job_running_seconds.set((utcnow() - started).total_seconds() if started else 0)
+
     def swapped(self, new: LoadedModel, old: LoadedModel | None) -> None:
         """Move the version gauges; ModelHolder calls this after every swap."""
+        self.model_loaded.set(1)
         if old is not None:
             self.model_version.labels(old.version.name, old.version.version).set(0)
             self.active_macro_f1.labels(old.version.name, old.version.version).set(0)
@@ -199,11 +267,13 @@ class ServiceMetrics:
         self,
         version: str,
         labels: Sequence[str],
-        confidences: Sequence[float],
+        probabilities: npt.NDArray[np.float32],
         seconds: float,
         tokens: int,
     ) -> None:
-        """Record one scored batch (`labels`/`confidences`: the winner per text)."""
+        """Record one scored batch (`labels`: the winner per text)."""
+        self.window.add(version, probabilities)
+        confidences = probabilities.max(axis=1).tolist()
         self.batch_size.observe(len(labels))
         self.batch_seconds.observe(seconds)
         self.batch_tokens.observe(tokens)

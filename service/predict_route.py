@@ -41,6 +41,7 @@ from service.errors import (
 )
 from service.metrics import ServiceMetrics
 from service.model_holder import LoadedModel, ModelHolder
+from service.review import ReviewSampler
 from service.schemas import PREDICT_ROUTE, Prediction, Texts
 from service.settings import Settings
 
@@ -191,9 +192,16 @@ class Scoring:
     with the status and message the client gets.
     """
 
-    def __init__(self, holder: ModelHolder, metrics: ServiceMetrics, settings: Settings) -> None:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        metrics: ServiceMetrics,
+        review: ReviewSampler,
+        settings: Settings,
+    ) -> None:
         self.holder = holder
         self.metrics = metrics
+        self.review = review
         self.batcher = Batcher(self.score, settings.max_batch_size, settings.max_latency_ms / 1000)
         self.no_model = (
             f"no version of model {settings.model_name!r} is loaded yet: train one with "
@@ -211,8 +219,13 @@ class Scoring:
         scored = loaded.classifier.score(texts)
         seconds = time.perf_counter() - start
         answers = predictions(scored, loaded.version.labels, loaded.version_id)
-        labels, scores = [a.label for a in answers], [a.score for a in answers]
-        self.metrics.observe_batch(loaded.version_id, labels, scores, seconds, scored.tokens)
+        labels = [a.label for a in answers]
+        self.metrics.observe_batch(
+            loaded.version_id, labels, scored.probabilities, seconds, scored.tokens
+        )
+        if self.review.enabled:
+            self.review.observe(texts, scored.probabilities, loaded.version.labels,
+                                loaded.version_id)  # fmt: skip
         return answers
 
     def model(self) -> LoadedModel | None:

@@ -22,6 +22,7 @@ handed this worker's `Worker` when they are registered, and the class starts it.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import cast
 
 import bentoml
@@ -35,13 +36,18 @@ from service.errors import ErrorBoundary
 from service.guards import ApiRoutes
 from service.metrics import RequestMetrics, ServiceMetrics
 from service.model_holder import ModelHolder, active_version_resolver
+from service.monitoring import Monitor
 from service.predict_route import PredictRoute, Scoring
+from service.review import ReviewSampler
 from service.settings import Settings, get_settings
-from store import Store, examples, open_store
+from store import Store, open_store, triggers
 from store.jobs import Job
+from store.triggers import Policy
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+# What an automatic retrain asks for: what POST /retrain with no body asks for.
+AUTOMATIC_RETRAIN = {"mode": "auto", "training": {}}
 
 
 class Worker:
@@ -51,6 +57,8 @@ class Worker:
     store: Store
     metrics: ServiceMetrics
     holder: ModelHolder
+    monitor: Monitor
+    review: ReviewSampler
     scoring: Scoring
     runner: JobRunner
 
@@ -64,16 +72,25 @@ class Worker:
             logging.getLogger(name).setLevel(logging.getLogger("bentoml").getEffectiveLevel())
         s = self.settings
         self.store = open_store(s.resolved_database_url)
-        self.metrics = ServiceMetrics(s.max_batch_size)
+        self.metrics = ServiceMetrics(s.max_batch_size, s.monitor_window)
         self.holder = ModelHolder(
             resolver=active_version_resolver(self.store, s.model_name),
             threads=s.threads_per_worker,
             poll_seconds=s.model_poll_seconds,
             spin=s.ort_spin,
         )
+        self.monitor = Monitor(s, self.metrics.window)
+        self.review = ReviewSampler(s)
+        self.review.start(self.store)
         self.holder.on_swap(self.metrics.swapped)
+        self.holder.on_swap(self.monitor.swapped)
         self.holder.start()
-        self.scoring = Scoring(self.holder, self.metrics, s)
+        self.scoring = Scoring(self.holder, self.metrics, self.review, s)
+        self.policy = Policy(
+            after_labels=s.retrain_after_labels,
+            min_interval=timedelta(minutes=s.retrain_min_interval_minutes),
+            on_drift=s.retrain_on_drift,
+        )
         self.runner = JobRunner(
             self.store,
             make_backend(s),
@@ -93,19 +110,24 @@ class Worker:
 
     def api(self) -> FastAPI:
         """Our FastAPI app (admin, protocols), which `ApiRoutes` builds at its first request."""
-        return build_api(self.store, self.settings, self.scoring, self.runner)
+        return build_api(self.store, self.settings, self.scoring, self.runner, self.monitor)
 
     def _job_finished(self, job: Job) -> None:
         self.metrics.job_finished(job)
         self.holder.wake()  # serve a promoted candidate now, not at the next poll
 
     def _refresh_gauges(self) -> None:
-        """At every job-runner poll and beat: disk use first, which a down database cannot stop."""
+        """At every job-runner poll and beat: disk use and drift first, which a down database
+        cannot stop; then the store's counts, and an automatic retrain if one is due."""
         self.metrics.observe_disk(
             {"model_store": registry.store_dir(), "state_dir": self.settings.state_dir.resolve()}
         )
-        with self.store.transaction() as tx:
-            self.metrics.examples_stored.set(examples.count(tx))
+        drifting = any(self.monitor.publish().drift.values())
+        self.metrics.observe_store(self.store)
+        self.review.flush(self.store)
+        if triggers.maybe_queue(self.store, self.settings.model_name, self.policy, drifting,
+                                AUTOMATIC_RETRAIN):  # fmt: skip
+            self.runner.wake()
 
 
 worker = Worker(settings)

@@ -90,6 +90,71 @@ class Settings(RunnerSettings):
     )
     max_examples_per_request: int = Field(50_000, ge=1)
 
+    # --- monitoring (service.monitoring) --------------------------------------
+    monitor_window: int = Field(
+        200, ge=10, description="Drift signals: each worker's window of its latest predictions."
+    )
+    monitor_window_seconds: float = Field(
+        3600.0, gt=0, description="Drift signals: predictions older than this leave the window."
+    )
+    monitor_min_predictions: int = Field(
+        100,
+        ge=10,
+        description="Drift signals are computed once a worker's window holds this many "
+        "predictions; until then it reports the reference's own values and no drift.",
+    )
+    drift_p_value: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="A label-mix or confidence signal is drift when its test's p-value is "
+        "below this and its size passes the signal's threshold.",
+    )
+    drift_label_distance: float = Field(
+        0.1, gt=0, le=1, description="Label-mix drift: Jensen-Shannon distance (base 2) at least."
+    )
+    drift_confidence_statistic: float = Field(
+        0.1, gt=0, le=1, description="Confidence drift: Kolmogorov-Smirnov statistic at least."
+    )
+    drift_accuracy_drop: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Accuracy drift: estimated accuracy this far below the evaluation's.",
+    )
+
+    # --- automatic retraining (store.triggers) -----------------------------------
+    retrain_after_labels: int = Field(
+        0,
+        ge=0,
+        description="Queue a retrain once this many examples were added or relabeled since the "
+        "last job or the active version's data; 0: never by count.",
+    )
+    retrain_min_interval_minutes: float = Field(
+        30.0, ge=0, description="Automatic retrains start no sooner than this after the last job."
+    )
+    retrain_on_drift: bool = Field(
+        False,
+        description="Queue a retrain when drift is detected and there is at least one new "
+        "label to train on (never on no new data).",
+    )
+
+    # --- the review queue (service.review, store.review) -------------------------
+    review_queue: bool = Field(
+        False,
+        description="Keep served texts the model was least sure of for labeling "
+        "(GET /review-queue); off by default because it stores user text.",
+    )
+    review_sample_rate: float = Field(
+        0.1, gt=0, le=1, description="Review queue: share of served texts considered."
+    )
+    review_capacity: int = Field(
+        1000, ge=1, description="Review queue: texts kept at most, the least sure first."
+    )
+    review_ttl_hours: float = Field(
+        168.0, gt=0, description="Review queue: a text leaves the queue this long after it came."
+    )
+
     @model_validator(mode="after")
     def _check_threads(self) -> Settings:
         cores = os.cpu_count() or 1

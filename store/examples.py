@@ -34,7 +34,10 @@ class ExampleRow(Base):
     label: Mapped[str] = mapped_column(String(200))
     source: Mapped[str | None] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Nullable as migration 0002 added it; every write sets it.
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, nullable=True
+    )
     revision: Mapped[int] = mapped_column(Integer, default=0, index=True)
 
 
@@ -206,6 +209,11 @@ def add(
 def _by_hash(tx: Session, hashes: list[str]) -> Iterable[ExampleRow]:
     for chunk in chunked(hashes):
         yield from tx.scalars(select(ExampleRow).where(ExampleRow.text_hash.in_(chunk)))
+
+
+def ids_by_hash(tx: Session, hashes: list[str]) -> dict[str, int]:
+    """The id of each stored text among `hashes` (`core.text.text_hash`)."""
+    return {row.text_hash: row.id for row in _by_hash(tx, hashes)}
 
 
 def _relabel(

@@ -24,11 +24,24 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import JSON, DateTime, Float, Index, String, Text, select, text, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.periodic import Periodic
+from store.changes import current_revision
 from store.db import Base, Store, aware, rowcount, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,8 @@ class JobRow(Base):
     decision: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     mode: Mapped[str | None] = mapped_column(String(16))
+    trigger: Mapped[str | None] = mapped_column(String(32))
+    trigger_revision: Mapped[int | None] = mapped_column(Integer)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -95,6 +110,7 @@ class Job(BaseModel):
     decision: str | None
     error: str | None
     mode: str | None
+    trigger: str  # who queued it: api, bootstrap, labels, drift, label-studio (migration 0005)
     summary: dict[str, Any] | None
     created_at: datetime
     started_at: datetime | None
@@ -113,8 +129,16 @@ def _job(row: JobRow) -> Job:
     )
 
 
-def create(tx: Session, model_name: str, params: dict[str, Any]) -> Job:
-    row = JobRow(id=uuid.uuid4().hex, model_name=model_name, state=JobState.QUEUED, params=params)
+def create(tx: Session, model_name: str, params: dict[str, Any], trigger: str = "api") -> Job:
+    """Queue a job; it records who asked and the examples' revision now (`store.triggers`)."""
+    row = JobRow(
+        id=uuid.uuid4().hex,
+        model_name=model_name,
+        state=JobState.QUEUED,
+        params=params,
+        trigger=trigger,
+        trigger_revision=current_revision(tx),
+    )
     tx.add(row)
     tx.flush()
     return _job(row)
@@ -133,6 +157,10 @@ def running(tx: Session) -> Job | None:
     """The one running job of the deployment, if any."""
     row = tx.scalar(select(JobRow).where(JobRow.state == JobState.RUNNING))
     return _job(row) if row else None
+
+
+def queued_count(tx: Session) -> int:
+    return int(tx.scalar(select(func.count()).where(JobRow.state == JobState.QUEUED)) or 0)
 
 
 def recent(tx: Session, limit: int = 100) -> list[Job]:
@@ -314,6 +342,21 @@ def queued_like(tx: Session, model_name: str, params: dict[str, Any]) -> Job | N
         .with_for_update()
     )
     return next((_job(r) for r in rows if r.params == params), None)
+
+
+def queue_or_join(
+    tx: Session, model_name: str, params: dict[str, Any], trigger: str = "api"
+) -> tuple[Job, bool]:
+    """The queued job with exactly these params (True: joined), else a new one (False).
+
+    Called after the request's examples are written: the job joined is locked
+    (`queued_like`), so it cannot start, and read the store, before they
+    commit; it trains on them as a new job would.
+    """
+    queued = queued_like(tx, model_name, params)
+    if queued is not None:
+        return queued, True
+    return create(tx, model_name, params, trigger=trigger), False
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""`fit` end to end: validate → split → fine-tune → export → parity → int8 → evaluate → register.
+"""`fit` end to end: validate → split → fine-tune → export → parity → int8 → evaluate →
+calibrate and profile → register.
 
 Three disjoint sets, so the reported numbers are honest:
 - train: what the weights learn from;
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from core import profile
 from core.registry import (
     EVAL_PREDICTIONS_FILE,
     HF_DIR,
@@ -32,7 +34,7 @@ from core.registry import (
     ModelVersion,
     register,
 )
-from core.runtime import Classifier
+from core.runtime import Classifier, softmax
 from core.text import text_key
 from training import data as datamod
 from training.config import TrainConfig
@@ -216,6 +218,10 @@ def run_fit(
             (list(splits.dev.texts), list(splits.dev.labels)), chosen.logits,
             list(splits.eval.labels),
         )  # fmt: skip
+        profile.write(staging, profile.build(
+            softmax(chosen.logits / calibration.temperature), splits.eval.labels,
+            splits.eval.label_names,
+        ))  # fmt: skip
         clock.lap("calibrate")
         report(PHASES["register"], "registering the version")
         metrics = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from store import changes, examples, jobs, versions  # noqa: F401  (registers the tables)
+from store import changes, examples, jobs, label_studio, review, versions  # noqa: F401  (registers the tables)
 from store.db import Base
 
 connection = context.config.attributes["connection"]

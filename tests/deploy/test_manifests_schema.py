@@ -31,7 +31,10 @@ K8S_VERSIONS = ("1.33.0", "1.37.0")
 # CRDs, for which kubernetes-validate has no schema (it would only warn): each
 # is validated against a strict schema of our own instead. Any other kind
 # without a schema fails.
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor.json"}
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule.json",
+}
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -95,6 +98,8 @@ def test_overlays_contain_what_they_promise(rendered: dict[str, list[Manifest]])
         "PodDisruptionBudget/selftune",
         "NetworkPolicy/selftune-server",
         "ServiceMonitor/selftune",
+        "PrometheusRule/selftune",
+        "ConfigMap/selftune-dashboard",
         "ServiceAccount/selftune",
         "PersistentVolumeClaim/selftune-models",
     }

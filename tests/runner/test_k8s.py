@@ -46,6 +46,7 @@ def a_job(job_id: str | None = None) -> Job:
         decision=None,
         error=None,
         mode=None,
+        trigger="api",
         summary=None,
         created_at=datetime.now(UTC),
         started_at=datetime.now(UTC),

@@ -6,6 +6,7 @@ tests can promote and roll back without touching what the other tests serve.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core import registry
 from store import Store
 from store.examples import count
 from tests.helpers import (
@@ -209,6 +211,28 @@ def test_activate_rolls_back_through_the_same_path(
     wait_for_version(admin, first)
     admin.post(f"/models/{current}/activate", headers=AUTH)
     wait_for_version(admin, current)
+
+
+def test_drift_signals_compare_against_the_served_versions_own_profile(
+    admin: httpx.Client, retrainer: Retrainer
+) -> None:
+    """After a swap the window starts empty and the reference is the new version's profile."""
+    current = served_version(admin)
+    first = retrainer.first.split(":")[1]
+    assert first != current, "the promotion test runs first and leaves its candidate active"
+    for version in (first, current):
+        admin.post(f"/models/{version}/activate", headers=AUTH)
+        wait_for_version(admin, version)
+        folder = registry.get(f"{retrainer.name}:{version}").path
+        profile = json.loads((folder / "profile.json").read_text())
+        deadline = time.monotonic() + 10
+        while (worker := admin.get("/monitoring", headers=AUTH).json()["worker"])[
+            "reference_version"
+        ] != version:
+            assert time.monotonic() < deadline, worker
+            time.sleep(0.3)
+        assert worker["reference_accuracy"] == profile["accuracy"]
+        assert worker["predictions"] <= 1  # the window emptied; wait_for_version's one text
 
 
 def test_a_killed_server_leaves_no_stuck_job_and_loses_no_example(

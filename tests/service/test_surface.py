@@ -32,6 +32,7 @@ ADMIN_PATHS = {
     "/models",
     "/models/{version}/activate",
 }
+SCHEMATHESIS_CONFIG = Path(__file__).with_name("schemathesis.toml")
 PROTOCOL_PATHS = {"/", "/v2", "/v2/models/{name}", "/v2/models/{name}/infer"}
 
 
@@ -80,7 +81,8 @@ def test_schemathesis_finds_nothing_against_the_documented_api(
 ) -> None:
     """Every operation, admin included, fuzzed with all checks: no 5xx, nothing off-schema."""
     command = [
-        *(sys.executable, "-m", "schemathesis.cli", "run", f"{admin_server.url}/docs.json"),
+        *(sys.executable, "-m", "schemathesis.cli", "--config-file", str(SCHEMATHESIS_CONFIG)),
+        *("run", f"{admin_server.url}/docs.json"),
         *("--header", f"Authorization: Bearer {TOKEN}", "--checks", "all"),
         *("--max-examples", "25", "--seed", "1", "--request-timeout", "20", "--no-color"),
         *("--phases", "examples,coverage,fuzzing,stateful", "--generation-database", "none"),

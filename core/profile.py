@@ -1,0 +1,112 @@
+"""A version's reference profile: what its predictions look like on data it never trained on.
+
+Training writes it (`profile.json` in the version folder) from the served
+model's calibrated probabilities on the evaluation split; serving
+(`service.monitoring`) compares each worker's recent predictions against it.
+What it keeps is what a drift check needs without the evaluation texts: the
+predicted-label counts, confidence and entropy histograms, the evaluation
+accuracy in each confidence bin (so accuracy can be estimated from live
+confidences, as NannyML does), and a sample of the confidences for a
+two-sample test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+PROFILE_FILE = "profile.json"
+BINS = 10  # equal-width bins over [0, 1], for confidence and normalised entropy
+# Confidences kept for the two-sample test: every one up to this many, else as many
+# evenly spaced quantiles (the test's power is set by the smaller live window anyway).
+SAMPLE_SIZE = 1000
+
+Probabilities = npt.NDArray[np.floating]
+
+
+class Profile(BaseModel):
+    """A version's predictions on its evaluation split, summarised."""
+
+    model_config = ConfigDict(frozen=True)
+    labels: list[str]
+    texts: int
+    label_counts: list[int]  # predicted, in `labels` order
+    accuracy: float
+    confidence_histogram: list[float]  # share of texts per bin
+    entropy_histogram: list[float]
+    accuracy_by_confidence: list[float | None]  # None: no evaluation text in that bin
+    confidence_sample: list[float]  # sorted
+
+    def label_share(self) -> npt.NDArray[np.float64]:
+        """Predicted-label shares, smoothed (+0.5 per label) so no label has share 0."""
+        counts = np.asarray(self.label_counts, dtype=np.float64) + 0.5
+        return counts / counts.sum()
+
+    def estimated_accuracy(self, confidences: npt.NDArray[np.floating]) -> float:
+        """Mean evaluation accuracy of the bins these confidences fall in; a bin the
+        evaluation never reached counts its own confidence (the scores are calibrated)."""
+        if len(confidences) == 0:
+            return float("nan")
+        by_bin = np.array([np.nan if a is None else a for a in self.accuracy_by_confidence])
+        estimates = by_bin[bins_of(confidences)]
+        return float(np.where(np.isnan(estimates), confidences, estimates).mean())
+
+
+def bins_of(values: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
+    """The BINS-bin index of each value in [0, 1] (1.0 falls in the last bin)."""
+    return np.clip((np.asarray(values) * BINS).astype(np.intp), 0, BINS - 1)
+
+
+def histogram(values: npt.NDArray[np.floating]) -> list[float]:
+    """Share of `values` in each of the BINS bins."""
+    if len(values) == 0:
+        return [0.0] * BINS
+    counts = np.bincount(bins_of(values), minlength=BINS)
+    return [round(float(c), 6) for c in counts / len(values)]
+
+
+def normalised_entropy(probabilities: Probabilities) -> npt.NDArray[np.float64]:
+    """Entropy of each row divided by log(labels): 0 is certain, 1 is uniform."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
+    return np.asarray(-(p * np.log(p)).sum(axis=1) / np.log(p.shape[1]))
+
+
+def build(probabilities: Probabilities, true: Sequence[int], labels: Sequence[str]) -> Profile:
+    """The profile of calibrated `probabilities` (texts x labels) with their true labels."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    predicted = p.argmax(axis=1)
+    confidence = p.max(axis=1)
+    correct = predicted == np.asarray(true)
+    which = bins_of(confidence)
+    by_bin = [
+        round(float(correct[which == b].mean()), 6) if (which == b).any() else None
+        for b in range(BINS)
+    ]
+    ordered = np.sort(confidence)
+    if len(ordered) > SAMPLE_SIZE:
+        ordered = np.quantile(ordered, np.linspace(0.0, 1.0, SAMPLE_SIZE))
+    return Profile(
+        labels=list(labels),
+        texts=len(p),
+        label_counts=np.bincount(predicted, minlength=len(labels)).tolist(),
+        accuracy=round(float(correct.mean()), 6) if len(p) else 0.0,
+        confidence_histogram=histogram(confidence),
+        entropy_histogram=histogram(normalised_entropy(p)),
+        accuracy_by_confidence=by_bin,
+        confidence_sample=[round(float(c), 6) for c in ordered],
+    )
+
+
+def write(folder: Path, profile: Profile) -> None:
+    (folder / PROFILE_FILE).write_text(json.dumps(profile.model_dump(), indent=1))
+
+
+def read(folder: Path) -> Profile | None:
+    """The version's profile; None for a version trained before profiles existed."""
+    path = folder / PROFILE_FILE
+    return Profile.model_validate_json(path.read_text()) if path.exists() else None

@@ -1,0 +1,302 @@
+"""Label Studio's ML-backend protocol and webhooks, under /label-studio/.
+
+A user types `http://HOST:PORT/label-studio` as the ML backend URL; Label
+Studio appends `/health`, `/setup` (with the project's label config), `/predict`
+(tasks to pre-annotate) and `/webhook`. Predictions go through the same
+batches as /predict. Webhook events become examples (`store.label_studio`):
+an annotation's choice of the project's `<Choices>` control, on the text of
+its task, with `source` = `label-studio:<project id>`; an update relabels, a
+delete removes, `START_TRAINING` (Label Studio's "Start training", sent to the
+ML backend) queues a retrain. Every event is idempotent: Label Studio 1.23 does
+not retry a webhook, but a project connected to this backend also gets Label
+Studio's own webhook to the same URL, so an event can come twice. Events we do
+not use are answered 200 and ignored.
+Authentication (`service.guards`): the admin bearer token, or basic auth with
+the token as the password (what Label Studio's ML-backend form sends).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.text import clean_text
+from runner.queue import JobRunner
+from service.docs import error_responses
+from service.errors import ErrorDetail, RefusedError
+from service.observed import choice_result
+from service.predict_route import Scoring
+from service.protocols.label_config import LabelConfigError, parse
+from service.settings import Settings
+from store import Store, jobs, label_studio
+from store.label_studio import Annotation, Mapping
+
+log = logging.getLogger(__name__)
+PREFIX = "/label-studio"
+MODEL_CLASS = "selftune"
+CREATED, UPDATED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED"), "ANNOTATION_UPDATED"
+DELETED = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
+START_TRAINING = "START_TRAINING"
+RETRAIN_PARAMS = {"mode": "auto", "training": {}}  # what POST /retrain with no body asks
+
+
+def project_id(value: object) -> int:
+    """Label Studio's project: an id, `"<id>.<timestamp>"` (setup), or an object with `id`."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or value is None:
+        raise ValueError("no project id")
+    if isinstance(value, int):
+        return value
+    head = str(value).split(".", 1)[0]
+    if not head.isdigit():
+        raise ValueError(f"{value!r} is not a project id (an integer, or '<id>.<timestamp>')")
+    return int(head)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class LabelStudioSetup(_Open):
+    project: int
+    label_config: str = Field(alias="schema", description="The project's label config (XML).")
+    extra_params: str | dict[str, Any] | None = None
+
+    _project = field_validator("project", mode="before")(lambda cls, v: project_id(v))
+
+
+class LabelStudioSetupOut(BaseModel):
+    model_version: str
+
+
+class LabelStudioTask(_Open):
+    id: int | None = None
+    data: dict[str, Any]
+
+
+class LabelStudioPredict(_Open):
+    tasks: list[LabelStudioTask]
+    label_config: str | None = None
+    project: int | None = None
+
+    _project = field_validator("project", mode="before")(
+        lambda cls, v: None if v is None else project_id(v)
+    )
+
+
+class TaskPrediction(BaseModel):
+    result: list[dict[str, Any]]
+    score: float
+    model_version: str
+
+
+class LabelStudioPredictOut(BaseModel):
+    results: list[TaskPrediction]
+
+
+class Skipped(BaseModel):
+    annotation: int | None
+    reason: str
+
+
+class LabelStudioWebhookOut(BaseModel):
+    action: str
+    stored: int = Field(0, description="Annotations that created or relabeled an example.")
+    unchanged: int = Field(0, description="Annotations already stored as they are (retries).")
+    removed: int = Field(0, description="Deleted annotations that were linked to an example.")
+    skipped: list[Skipped] = Field(default_factory=list)
+    job_id: str | None = Field(None, description="START_TRAINING: the retrain queued or joined.")
+    message: str
+
+
+class LabelStudioApi:
+    """The /label-studio/ routes over one worker's scoring path, store and job runner."""
+
+    def __init__(
+        self, scoring: Scoring, store: Store, settings: Settings, runner: JobRunner
+    ) -> None:
+        self.scoring, self.store, self.settings, self.runner = scoring, store, settings, runner
+        self.router = APIRouter(
+            prefix=PREFIX,
+            tags=["label-studio"],
+            responses=error_responses(400, 401, 403, 413, 422, 500),
+        )
+        add = self.router.add_api_route
+        add("/health", self.health, methods=["GET"])
+        add("/setup", self.setup, methods=["POST"])
+        add("/predict", self.predict, methods=["POST"], responses=error_responses(503))
+        add("/webhook", self.webhook, methods=["POST"])
+
+    def health(self) -> dict[str, str]:
+        """What Label Studio checks when a backend is connected."""
+        return {"status": "UP", "model_class": MODEL_CLASS}
+
+    def setup(self, body: LabelStudioSetup) -> LabelStudioSetupOut:
+        """Remember how the project's label config names the text and the label."""
+        mapping = _mapping(body.label_config, "schema")
+        with self.store.transaction() as tx:
+            label_studio.save_project(tx, body.project, mapping, body.label_config)
+        log.info("label studio project %d: %s", body.project, mapping)
+        loaded = self.scoring.model()
+        return LabelStudioSetupOut(model_version=loaded.version_id if loaded else "none")
+
+    async def predict(self, body: LabelStudioPredict) -> LabelStudioPredictOut:
+        """Pre-annotations for the tasks, from the active version."""
+        mapping = self._project_mapping(body.label_config, body.project)
+        texts = [_task_text(task, mapping.text_field, i) for i, task in enumerate(body.tasks)]
+        step = self.settings.max_texts_per_request
+        predictions = [
+            p for i in range(0, len(texts), step)
+            for p in await self.scoring.classify(texts[i : i + step])
+        ]  # fmt: skip
+        return LabelStudioPredictOut(
+            results=[
+                TaskPrediction(
+                    result=[choice_result(mapping, p.label)] if p.label in mapping.choices else [],
+                    score=p.score,
+                    model_version=p.model_version,
+                )
+                for p in predictions
+            ]
+        )
+
+    def webhook(self, event: dict[str, Any] = Body(...)) -> LabelStudioWebhookOut:  # noqa: B008
+        """Annotation events become examples; START_TRAINING queues a retrain."""
+        action = str(event.get("action", ""))
+        if action == START_TRAINING:
+            with self.store.transaction() as tx:
+                job, joined = jobs.queue_or_join(
+                    tx, self.settings.model_name, RETRAIN_PARAMS, trigger="label-studio"
+                )
+            self.runner.wake()
+            verb = "joined the queued" if joined else "queued"
+            return LabelStudioWebhookOut(
+                action=action, job_id=job.id, message=f"{verb} retrain {job.id}"
+            )
+        if action in DELETED:
+            ids = [a["id"] for a in _annotations(event) if isinstance(a.get("id"), int)]
+            with self.store.transaction() as tx:
+                removed = label_studio.forget(tx, ids, f"Label Studio {action}")
+            return LabelStudioWebhookOut(
+                action=action, removed=removed, message=f"{removed} removed"
+            )
+        if action not in (*CREATED, UPDATED):
+            return LabelStudioWebhookOut(
+                action=action, message="ignored: not an event this service uses"
+            )
+        return self._store_annotations(action, event)
+
+    def _store_annotations(self, action: str, event: dict[str, Any]) -> LabelStudioWebhookOut:
+        out = LabelStudioWebhookOut(action=action, message="")
+        tasks = _tasks_by_id(event)
+        with self.store.transaction() as tx:
+            for annotation in _annotations(event):
+                try:
+                    found = self._annotation(tx, annotation, tasks, event)
+                except ValueError as exc:
+                    out.skipped.append(Skipped(annotation=annotation.get("id"), reason=str(exc)))
+                    continue
+                if label_studio.record(tx, found) == "unchanged":
+                    out.unchanged += 1
+                else:
+                    out.stored += 1
+        out.message = f"{out.stored} stored, {out.unchanged} unchanged, {len(out.skipped)} skipped"
+        if out.skipped:
+            log.info("label studio %s: %s", action, out.skipped)
+        return out
+
+    def _annotation(
+        self, tx: Any, annotation: dict[str, Any], tasks: dict[int, dict[str, Any]],
+        event: dict[str, Any],
+    ) -> Annotation:  # fmt: skip
+        """The example an annotation makes; ValueError saying why it makes none."""
+        if annotation.get("was_cancelled"):
+            raise ValueError("the annotation was cancelled (skipped) in Label Studio")
+        task_ref = annotation.get("task")
+        task = task_ref if isinstance(task_ref, dict) else tasks.get(task_ref)  # type: ignore[arg-type]
+        if task is None or not isinstance(task.get("id"), int):
+            raise ValueError("the event carries no task for this annotation")
+        project = project_id(
+            annotation.get("project") or task.get("project") or event.get("project")
+        )
+        mapping = label_studio.project_mapping(tx, project)
+        config = (event.get("project") or {}).get("label_config") if isinstance(
+            event.get("project"), dict) else None  # fmt: skip
+        if mapping is None and config:
+            mapping = _mapping(config, "project.label_config")
+        if mapping is None:
+            raise ValueError(
+                f"project {project} is unknown: connect this service as its ML backend "
+                "(Label Studio then calls /label-studio/setup), or send the project's label_config"
+            )
+        label = _choice(annotation.get("result") or [], mapping)
+        text = _task_text(LabelStudioTask.model_validate(task), mapping.text_field, 0)
+        return Annotation(int(annotation["id"]), project, int(task["id"]), text, label)
+
+    def _project_mapping(self, config: str | None, project: int | None) -> Mapping:
+        if config:
+            return _mapping(config, "label_config")
+        if project is not None:
+            with self.store.transaction() as tx:
+                mapping = label_studio.project_mapping(tx, project)
+            if mapping is not None:
+                return mapping
+        raise RefusedError(
+            422, "send the project's label_config, or connect the project first (setup)"
+        )
+
+
+def _mapping(config: str, where: str) -> Mapping:
+    try:
+        return parse(config)
+    except LabelConfigError as exc:
+        raise RefusedError(422, str(exc), [ErrorDetail(loc=where, msg=str(exc))]) from None
+
+
+def _task_text(task: LabelStudioTask, field: str, index: int) -> str:
+    value = task.data.get(field)
+    if not isinstance(value, str):
+        raise _bad_task(index, f"its data has no text field {field!r} (the <Text> value)")
+    try:
+        return clean_text(value)
+    except ValueError as exc:
+        raise _bad_task(index, str(exc)) from None
+
+
+def _bad_task(index: int, why: str) -> RefusedError:
+    return RefusedError(
+        422, f"tasks[{index}]: {why}", [ErrorDetail(loc=f"tasks[{index}]", msg=why)]
+    )
+
+
+def _choice(result: list[dict[str, Any]], mapping: Mapping) -> str:
+    """The label an annotation's result gives the project's <Choices> control."""
+    for region in result:
+        if region.get("from_name") == mapping.from_name and region.get("type") == "choices":
+            chosen = (region.get("value") or {}).get("choices") or []
+            if chosen and chosen[0] in mapping.choices:
+                return str(chosen[0])
+            raise ValueError(f"choice {chosen[:1]} is not one of {mapping.choices}")
+    raise ValueError(f"the result has no choice of the <Choices name={mapping.from_name!r}>")
+
+
+def _annotations(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every annotation of an event: `annotation` (one, or a list in ANNOTATIONS_CREATED)
+    or `annotations` (ANNOTATIONS_DELETED, ids only)."""
+    return _objects(event, "annotation") + _objects(event, "annotations")
+
+
+def _tasks_by_id(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The event's tasks (`task`: one, or a list in ANNOTATIONS_CREATED) by id."""
+    tasks = _objects(event, "task") + _objects(event, "tasks")
+    return {t["id"]: t for t in tasks if isinstance(t.get("id"), int)}
+
+
+def _objects(event: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = event.get(key)
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, dict)]

@@ -1,0 +1,100 @@
+"""Drift signals against a real two-worker server: traffic like the evaluation's stays quiet,
+one-sided traffic raises the label-mix distance and the drift gauge, on /metrics and
+/monitoring alike."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import AUTH, make_texts, scrape, serve_copy
+from tests.tiny_model import NEGATIVE, NEUTRAL, POSITIVE
+
+DRIFT = 'selftune_drift_detected{signal="label"}'
+DISTANCE = "selftune_drift_label_distance"
+
+
+@pytest.fixture(scope="module")
+def server_url(
+    tiny_version: str, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("monitoring")
+    with serve_copy(root, tiny_version, bentoml_home, {}) as server:
+        yield server.url
+
+
+def send(url: str, texts: list[str]) -> None:
+    """`texts` as /predict requests of 16 over four connections (so both workers see them)."""
+    chunks = [texts[i : i + 16] for i in range(0, len(texts), 16)]
+
+    def post(part: list[list[str]]) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for chunk in part:
+                assert http.post("/predict", json={"texts": chunk}).status_code == 200
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(post, [chunks[i::4] for i in range(4)]))
+
+
+def settled(url: str, wanted: float) -> dict[str, float]:
+    """/metrics once every worker has published its window (MODEL_POLL_SECONDS is 0.5)."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        deadline = time.monotonic() + 10
+        while (samples := scrape(http)).get(DRIFT) != wanted:
+            if time.monotonic() > deadline:
+                return samples
+            time.sleep(0.5)
+        time.sleep(1.0)  # the other worker's next poll
+        return scrape(http)
+
+
+def monitoring(url: str) -> dict[str, Any]:
+    """GET /monitoring from a worker whose window is full enough to judge (the connections
+    need not have split the traffic evenly): a few fresh connections reach both."""
+    for _ in range(20):
+        response = httpx.get(f"{url}/monitoring", headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["worker"]["status"] == "ready":
+            return body
+    raise AssertionError(f"no worker's window is ready: {body}")
+
+
+def test_reference_like_traffic_stays_quiet_and_one_sided_traffic_is_drift(
+    server_url: str,
+) -> None:
+    rng = random.Random(11)
+    mixed = [t for words in (NEGATIVE, NEUTRAL, POSITIVE) for t in make_texts(words, 150, rng)]
+    rng.shuffle(mixed)
+    send(server_url, mixed)
+    quiet = settled(server_url, 0.0)
+    assert quiet[DRIFT] == 0.0 and quiet[DISTANCE] < 0.1, quiet
+    assert quiet["selftune_monitor_window_predictions"] >= 200
+    assert quiet['selftune_drift_detected{signal="confidence"}'] == 0.0
+    worker = monitoring(server_url)["worker"]
+    assert worker["status"] == "ready" and worker["reference_version"] == worker["model_version"]
+    assert worker["window"] == 200 and not any(worker["drift"].values()), worker
+
+    # Only complaints: every worker's window is now all "negative".
+    send(server_url, make_texts(NEGATIVE, 600, random.Random(12)))
+    drifted = settled(server_url, 1.0)
+    assert drifted[DRIFT] == 1.0 and drifted[DISTANCE] >= 0.1, drifted
+    assert drifted["selftune_drift_label_pvalue"] < 0.01
+    body = monitoring(server_url)
+    assert body["merged"]["drift_detected"]["label"] == 1.0
+    assert body["worker"]["drift"]["label"] and body["worker"]["label_share"]["negative"] > 0.6
+
+
+def test_monitoring_is_admin_only_and_the_review_queue_stays_off_unless_asked(
+    server_url: str,
+) -> None:
+    assert httpx.get(f"{server_url}/monitoring").status_code == 401
+    queue = httpx.get(f"{server_url}/review-queue", headers=AUTH).json()
+    assert queue == {"enabled": False, "texts": []}  # after the predictions above
