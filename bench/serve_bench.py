@@ -8,9 +8,10 @@ Measures, in one run and interleaved (timings drift on shared machines):
   batch sizes 1, 8 and 64 — the best of them is what serving could reach;
   measured again right before each load level, and each ratio pairs the two;
 * our service (`bentoml serve service.service:TextClassifier`) in each
-  `--configs` WORKERS:ORT_THREADS[:nospin][@MODEL][=CHECKOUT] choice: single-text
-  requests at concurrency 1, 8 and 64 — texts/s and p50/p95/p99 latency (a
-  CHECKOUT serves another tree's code, e.g. a `git worktree` of main, for an A/B);
+  `--configs` WORKERS:ORT_THREADS[:nospin][:review][@MODEL][=CHECKOUT] choice:
+  single-text requests at concurrency 1, 8 and 64 — texts/s and p50/p95/p99
+  latency (a CHECKOUT serves another tree's code, e.g. a `git worktree` of main,
+  for an A/B; `review` turns the review queue on, sampling every text);
 * the service a user would write first (bench/naive_service.py): BentoML's
   example shape on the same model.onnx, one worker, padded batches;
 * cold start to ready with an existing model, and the service's RSS before and
@@ -66,22 +67,25 @@ class Config:
     spin: bool
     model: str | None
     checkout: Path = ROOT
+    review: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        """WORKERS:ORT_THREADS[:nospin][@MODEL][=CHECKOUT]"""
+        """WORKERS:ORT_THREADS[:nospin][:review][@MODEL][=CHECKOUT]"""
         text, _, checkout = text.partition("=")
         text, _, model = text.partition("@")
         workers, threads, *flags = text.split(":")
         root = Path(checkout).resolve() if checkout else ROOT
-        return cls(int(workers), int(threads), "nospin" not in flags, model or None, root)
+        return cls(int(workers), int(threads), "nospin" not in flags, model or None, root,
+                   "review" in flags)  # fmt: skip
 
     @property
     def label(self) -> str:
         spin = "" if self.spin else " no spin"
+        review = " review" if self.review else ""
         model = f" @{self.model}" if self.model else ""
         checkout = f" ={self.checkout.name}" if self.checkout != ROOT else ""
-        return f"ours {self.workers}x{self.threads}{spin}{model}{checkout}"
+        return f"ours {self.workers}x{self.threads}{spin}{review}{model}{checkout}"
 
     def env(self, model: str, state_dir: Path) -> dict[str, str]:
         return {
@@ -92,6 +96,8 @@ class Config:
             "ORT_THREADS": str(self.threads),
             "ORT_SPIN": str(self.spin).lower(),
             "ALLOW_OVERSUBSCRIPTION": "true",
+            "REVIEW_QUEUE": str(self.review).lower(),
+            "REVIEW_SAMPLE_RATE": "1",
         }
 
 
@@ -130,7 +136,17 @@ class Load:
     errors: int
 
 
-def pin_version(model: str, state_dir: Path) -> str:
+# Run by the checkout's own code: its store migrates the database to its own schema,
+# which an older checkout's server must be able to open.
+PIN = """
+import sys
+from store import open_store, versions
+state, model, tag = sys.argv[1:]
+print(versions.adopt_if_none(open_store(f"sqlite:///{state}/service.db"), model, tag))
+"""
+
+
+def pin_version(model: str, state_dir: Path, checkout: Path) -> str:
     """Make `model`'s newest version the active one in a fresh store under `state_dir`.
 
     A fresh store otherwise adopts the newest version that is no retrain's output
@@ -138,12 +154,14 @@ def pin_version(model: str, state_dir: Path) -> str:
     by the naive service: a bootstrap's quick fp32 model, say, beside its int8 refit.
     """
     from core import registry
-    from store import open_store, versions
 
     newest = registry.get(f"{model}:latest")
     tag = str(newest.tag)
     state_dir.mkdir(parents=True, exist_ok=True)
-    active = versions.adopt_if_none(open_store(f"sqlite:///{state_dir / 'service.db'}"), model, tag)
+    active = subprocess.run(
+        [sys.executable, "-c", PIN, str(state_dir), model, tag],
+        cwd=checkout, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
     if active != tag:
         raise SystemExit(f"{state_dir} already serves {active}, not {tag}: use a fresh state dir")
     return str(newest.version)
@@ -153,7 +171,7 @@ def pin_version(model: str, state_dir: Path) -> str:
 def ours(config: Config, model: str, state_dir: Path) -> Iterator[tuple[str, float, int]]:
     """Our service in `config`, serving `model`'s newest version (checked); as `server`."""
     name = config.model or model
-    version = pin_version(name, state_dir)
+    version = pin_version(name, state_dir, config.checkout)
     command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
     with server(command, config.env(model, state_dir), "/readyz", config.checkout) as started:
         check_serves(started[0], version)
@@ -457,7 +475,8 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=["2:1"],
-        help="our WORKERS:ORT_THREADS[:nospin][@MODEL][=CHECKOUT] choices; the first one's cold "
+        help="our WORKERS:ORT_THREADS[:nospin][:review][@MODEL][=CHECKOUT] choices; the first "
+        "one's cold "
         "start and memory are reported, and --protocols serves it",
     )
     parser.add_argument(

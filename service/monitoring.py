@@ -36,8 +36,6 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import chisquare, ks_2samp
 
 from core import profile
 from core.profile import Profile
@@ -249,6 +247,11 @@ def _compare(
     values = _neutral(reference, rows)
     if not ready:
         return values
+    # Imported here, in the workers' poll threads: scipy.stats is ~66 MB of resident memory,
+    # which BentoML's supervisor, loading this module only to find the service, never needs.
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import chisquare, ks_2samp
+
     labels = rows[:, 0].astype(np.intp)
     confidences = rows[:, 1]
     observed = np.bincount(labels, minlength=len(reference.labels)).astype(np.float64)

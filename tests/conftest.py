@@ -17,7 +17,7 @@ import pytest
 
 from tests.deploy.conftest import Manifest, render
 from tests.fake_k8s import NAMESPACE, TEMPLATE, FakeKubernetes, fake_kubernetes
-from tests.helpers import fit_tiny, write_sentiment_csv
+from tests.helpers import fit_tiny, unavailable, write_sentiment_csv
 from tests.pg import PostgresServer, PostgresUnavailableError, postgres_server
 from tests.tiny_model import build_tiny_bert
 
@@ -74,9 +74,7 @@ def postgres() -> Iterator[PostgresServer]:
         with postgres_server() as server:
             yield server
     except PostgresUnavailableError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
-        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+        unavailable("PostgreSQL", exc)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import onnxruntime as ort
+import pytest
 import sqlalchemy as sa
 
 from tests.tiny_model import FILLER, NEGATIVE, NEUTRAL, POSITIVE
@@ -51,6 +52,14 @@ class Server:
     model_name: str
     pid: int  # also the process group of the server and its workers
     log: Path  # its stdout and stderr
+
+
+def unavailable(what: str, why: Exception) -> None:
+    """A tool `make test` installs is missing: skipped where it cannot be installed (not
+    root, no package), a failure under CI, where its absence is a broken set-up."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required under CI: {why}", pytrace=False)
+    pytest.skip(f"{what} tests skipped: {why}")
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ captured copies of those requests for the faster tests.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import AUTH, TOKEN, Server, serve_copy, served_version, wait_for_job
+from tests.helpers import (
+    AUTH,
+    TOKEN,
+    Server,
+    serve_copy,
+    served_version,
+    unavailable,
+    wait_for_job,
+)
 from tests.label_studio import (
     LabelStudio,
     LabelStudioClient,
@@ -43,9 +50,7 @@ def label_studio() -> Iterator[LabelStudio]:
         with label_studio_server() as server:
             yield server
     except LabelStudioUnavailableError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Label Studio is required under CI: {exc}", pytrace=False)
-        pytest.skip(f"Label Studio tests skipped: {exc}")
+        unavailable("Label Studio", exc)
 
 
 @pytest.fixture(scope="module")

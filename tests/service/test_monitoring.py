@@ -26,7 +26,8 @@ def server_url(
     tiny_version: str, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     root = tmp_path_factory.mktemp("monitoring")
-    with serve_copy(root, tiny_version, bentoml_home, {}) as server:
+    env = {"RETRAIN_ON_DRIFT": "true", "RETRAIN_MIN_INTERVAL_MINUTES": "0"}
+    with serve_copy(root, tiny_version, bentoml_home, env) as server:
         yield server.url
 
 
@@ -67,9 +68,17 @@ def monitoring(url: str) -> dict[str, Any]:
     raise AssertionError(f"no worker's window is ready: {body}")
 
 
+def jobs(url: str) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = httpx.get(f"{url}/jobs", headers=AUTH).json()["jobs"]
+    return listed
+
+
 def test_reference_like_traffic_stays_quiet_and_one_sided_traffic_is_drift(
     server_url: str,
 ) -> None:
+    # One new label: RETRAIN_ON_DRIFT has something to train on, once there is drift.
+    new = {"examples": [{"text": "the refund never came", "label": "negative"}]}
+    assert httpx.post(f"{server_url}/examples", json=new, headers=AUTH).status_code == 200
     rng = random.Random(11)
     mixed = [t for words in (NEGATIVE, NEUTRAL, POSITIVE) for t in make_texts(words, 150, rng)]
     rng.shuffle(mixed)
@@ -81,6 +90,7 @@ def test_reference_like_traffic_stays_quiet_and_one_sided_traffic_is_drift(
     worker = monitoring(server_url)["worker"]
     assert worker["status"] == "ready" and worker["reference_version"] == worker["model_version"]
     assert worker["window"] == 200 and not any(worker["drift"].values()), worker
+    assert jobs(server_url) == []  # a new label alone queues nothing
 
     # Only complaints: every worker's window is now all "negative".
     send(server_url, make_texts(NEGATIVE, 600, random.Random(12)))
@@ -90,6 +100,8 @@ def test_reference_like_traffic_stays_quiet_and_one_sided_traffic_is_drift(
     body = monitoring(server_url)
     assert body["merged"]["drift_detected"]["label"] == 1.0
     assert body["worker"]["drift"]["label"] and body["worker"]["label_share"]["negative"] > 0.6
+    [job] = jobs(server_url)  # queued at the poll that saw the drift, by one worker only
+    assert job["trigger"] == "drift"
 
 
 def test_monitoring_is_admin_only_and_the_review_queue_stays_off_unless_asked(
