@@ -26,6 +26,7 @@ A swap empties the window: the new version is judged against its own profile.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ from service.model_holder import LoadedModel
 from service.settings import Settings
 
 NAMESPACE = "selftune"
+SCIPY = ("scipy.stats", "scipy.spatial.distance")
 SIGNALS = ("label", "confidence", "accuracy")
 Status = Literal["no_model", "no_profile", "collecting", "ready"]
 Merge = Literal["livemax", "livemin", "livesum", "livemostrecent"]  # across workers
@@ -157,6 +159,13 @@ class Monitor:
     """One worker's drift signals over its served version's latest predictions."""
 
     def __init__(self, settings: Settings, window: PredictionWindow) -> None:
+        # scipy.stats is ~66 MB resident: loaded in the worker, which builds a Monitor before
+        # its first request and before its other threads start, not at module import, which
+        # BentoML's supervisor does only to find the service. Importing it later, in the poll
+        # thread, raced BentoML's own `scipy.sparse` probe of model metadata in a request
+        # thread, which then saw a half-imported module (a 500 under schemathesis).
+        for module in SCIPY:
+            importlib.import_module(module)
         self.settings = settings
         self.metrics = MonitorMetrics()
         self.window = window
@@ -247,9 +256,7 @@ def _compare(
     values = _neutral(reference, rows)
     if not ready:
         return values
-    # Imported here, in the workers' poll threads: scipy.stats is ~66 MB of resident memory,
-    # which BentoML's supervisor, loading this module only to find the service, never needs.
-    from scipy.spatial.distance import jensenshannon
+    from scipy.spatial.distance import jensenshannon  # loaded by Monitor()
     from scipy.stats import chisquare, ks_2samp
 
     labels = rows[:, 0].astype(np.intp)

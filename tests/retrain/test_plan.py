@@ -134,7 +134,7 @@ def job(training: dict[str, object] | None = None) -> Job:
     return Job(
         id="j", model_name="m", state=JobState.RUNNING, params=params, progress=0, message=None,
         candidate_version=None, metrics=None, decision=None, error=None, mode=None,
-        summary=None, created_at=NOW, started_at=NOW, finished_at=None,
+        trigger="api", summary=None, created_at=NOW, started_at=NOW, finished_at=None,
     )  # fmt: skip
 
 
