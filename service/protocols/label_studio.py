@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
 
 from core.text import clean_text
 from runner.queue import JobRunner
@@ -147,7 +148,7 @@ class LabelStudioApi:
     async def predict(self, body: LabelStudioPredict) -> LabelStudioPredictOut:
         """Pre-annotations for the tasks, from the active version."""
         mapping = self._project_mapping(body.label_config, body.project)
-        texts = [_task_text(task, mapping.text_field, i) for i, task in enumerate(body.tasks)]
+        texts = [_predict_text(task, mapping.text_field, i) for i, task in enumerate(body.tasks)]
         step = self.settings.max_texts_per_request
         predictions = [
             p for i in range(0, len(texts), step)
@@ -210,14 +211,14 @@ class LabelStudioApi:
         return out
 
     def _annotation(
-        self, tx: Any, annotation: dict[str, Any], tasks: dict[int, dict[str, Any]],
+        self, tx: Session, annotation: dict[str, Any], tasks: dict[int, dict[str, Any]],
         event: dict[str, Any],
     ) -> Annotation:  # fmt: skip
         """The example an annotation makes; ValueError saying why it makes none."""
         if annotation.get("was_cancelled"):
             raise ValueError("the annotation was cancelled (skipped) in Label Studio")
         task_ref = annotation.get("task")
-        task = task_ref if isinstance(task_ref, dict) else tasks.get(task_ref)  # type: ignore[arg-type]
+        task = task_ref if isinstance(task_ref, dict) else tasks.get(int(task_ref or 0))
         if task is None or not isinstance(task.get("id"), int):
             raise ValueError("the event carries no task for this annotation")
         project = project_id(
@@ -227,14 +228,17 @@ class LabelStudioApi:
         config = (event.get("project") or {}).get("label_config") if isinstance(
             event.get("project"), dict) else None  # fmt: skip
         if mapping is None and config:
-            mapping = _mapping(config, "project.label_config")
+            try:
+                mapping = parse(config)
+            except LabelConfigError as exc:
+                raise ValueError(str(exc)) from None
         if mapping is None:
             raise ValueError(
                 f"project {project} is unknown: connect this service as its ML backend "
                 "(Label Studio then calls /label-studio/setup), or send the project's label_config"
             )
         label = _choice(annotation.get("result") or [], mapping)
-        text = _task_text(LabelStudioTask.model_validate(task), mapping.text_field, 0)
+        text = _task_text(LabelStudioTask.model_validate(task), mapping.text_field)
         return Annotation(int(annotation["id"]), project, int(task["id"]), text, label)
 
     def _project_mapping(self, config: str | None, project: int | None) -> Mapping:
@@ -257,20 +261,20 @@ def _mapping(config: str, where: str) -> Mapping:
         raise RefusedError(422, str(exc), [ErrorDetail(loc=where, msg=str(exc))]) from None
 
 
-def _task_text(task: LabelStudioTask, field: str, index: int) -> str:
+def _task_text(task: LabelStudioTask, field: str) -> str:
+    """The task's text; ValueError saying why there is none."""
     value = task.data.get(field)
     if not isinstance(value, str):
-        raise _bad_task(index, f"its data has no text field {field!r} (the <Text> value)")
+        raise ValueError(f"its data has no text field {field!r} (the <Text> value)")
+    return clean_text(value)
+
+
+def _predict_text(task: LabelStudioTask, field: str, index: int) -> str:
     try:
-        return clean_text(value)
+        return _task_text(task, field)
     except ValueError as exc:
-        raise _bad_task(index, str(exc)) from None
-
-
-def _bad_task(index: int, why: str) -> RefusedError:
-    return RefusedError(
-        422, f"tasks[{index}]: {why}", [ErrorDetail(loc=f"tasks[{index}]", msg=why)]
-    )
+        where = f"tasks[{index}]"
+        raise RefusedError(422, f"{where}: {exc}", [ErrorDetail(loc=where, msg=str(exc))]) from None
 
 
 def _choice(result: list[dict[str, Any]], mapping: Mapping) -> str:

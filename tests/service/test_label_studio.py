@@ -130,6 +130,12 @@ def test_annotations_become_examples_idempotently_and_follow_updates_and_deletes
     ]}  # fmt: skip
     skipped = hook(http, odd)
     assert skipped["stored"] == 0 and "furious" in skipped["skipped"][0]["reason"]
+    # In a bulk event, a task without the config's text field skips only its annotation.
+    bulk = captured("webhook_annotations_created")
+    bulk["task"][0] = bulk["task"][0] | {"data": {"other": "x"}}
+    partly = hook(http, bulk)
+    assert len(partly["skipped"]) == 1 and "text field" in partly["skipped"][0]["reason"]
+    assert partly["unchanged"] == len(bulk["annotation"]) - 1
 
     before = examples(http)
     removed = hook(http, captured("webhook_annotations_deleted_bulk"))
