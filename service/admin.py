@@ -285,7 +285,7 @@ class AdminApi:
         request joins it (`deduplicated`): it would train on the same store.
         """
         body = body or RetrainRequest()
-        params = {"mode": body.mode, "training": body.training_overrides()}
+        params = body.job_params()
         out: RetrainOut = self._store(body, params)
         self.runner.wake()  # claim it now, not at the next poll
         return out

@@ -122,9 +122,13 @@ class RetrainRequest(Intake):
         None, description="Seeds the replay sample and the training run, to reproduce a job."
     )
 
-    def training_overrides(self) -> dict[str, Any]:
+    def job_params(self) -> dict[str, Any]:
+        """What the job records, and an identical queued job is joined on: the mode and
+        the training settings asked for. `RetrainRequest().job_params()` is what an
+        automatic retrain (store.triggers) and Label Studio's START_TRAINING ask for."""
         fields = ("strategy", "epochs", "lr", "batch_size", "seed")
-        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+        training = {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+        return {"mode": self.mode, "training": training}
 
 
 class Relabel(_Strict):

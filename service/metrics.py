@@ -44,9 +44,12 @@ TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 16))
 JOB_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 # The `route` label: these paths as they are, others by prefix, the rest "other".
 FAMILIES = frozenset(
-    {PREDICT_ROUTE, "/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/monitoring"}
+    {PREDICT_ROUTE, "/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json"}
 )
-PREFIX_FAMILIES = ("/v2", "/examples", "/retrain", "/jobs", "/models")
+PREFIX_FAMILIES = (
+    "/v2", "/examples", "/retrain", "/jobs", "/models", "/monitoring", "/review-queue",
+    "/label-studio",
+)  # fmt: skip
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:

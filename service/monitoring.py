@@ -27,9 +27,7 @@ A swap empties the window: the new version is judged against its own profile.
 from __future__ import annotations
 
 import importlib
-import math
 import os
-from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -40,15 +38,13 @@ from pydantic import BaseModel
 
 from core import profile
 from core.profile import Profile
-from service.metrics import PredictionWindow
+from service.metrics import NAMESPACE, PredictionWindow
 from service.model_holder import LoadedModel
 from service.settings import Settings
 
-NAMESPACE = "selftune"
 SCIPY = ("scipy.stats", "scipy.spatial.distance")
 SIGNALS = ("label", "confidence", "accuracy")
 Status = Literal["no_model", "no_profile", "collecting", "ready"]
-Merge = Literal["livemax", "livemin", "livesum", "livemostrecent"]  # across workers
 
 
 class Thresholds(BaseModel):
@@ -85,67 +81,52 @@ class Signals(BaseModel):
     thresholds: Thresholds
 
 
+Merge = Literal["livemax", "livemin", "livesum"]  # across workers, as an alert wants
+# Each gauge set from one field of `Signals`: (field, series, merged across workers by, help).
+GAUGES: tuple[tuple[str, str, Merge, str], ...] = (
+    ("label_distance", "drift_label_distance", "livemax",
+     "Jensen-Shannon distance (base 2) of the predicted-label mix from the reference's."),
+    ("label_p_value", "drift_label_pvalue", "livemin",
+     "Chi-squared p-value of the label mix against the reference."),
+    ("confidence_statistic", "drift_confidence_statistic", "livemax",
+     "Kolmogorov-Smirnov statistic of live confidences against the reference's."),
+    ("confidence_p_value", "drift_confidence_pvalue", "livemin",
+     "Kolmogorov-Smirnov p-value of live confidences."),
+    ("mean_confidence", "monitor_mean_confidence", "livemin",
+     "Mean confidence over a worker's window."),
+    ("estimated_accuracy", "monitor_estimated_accuracy", "livemin",
+     "Accuracy estimated from the window's confidences by the evaluation's accuracy per "
+     "confidence bin."),
+    ("reference_accuracy", "monitor_reference_accuracy", "livemax",
+     "Evaluation accuracy of the served version."),
+    ("predictions", "monitor_window_predictions", "livesum",
+     "Predictions in the workers' windows."),
+)  # fmt: skip
+
+
 class MonitorMetrics:
     """The monitoring gauges (one set per worker, merged by /metrics as each says)."""
 
     def __init__(self) -> None:
-        def gauge(name: str, doc: str, mode: Merge, labels: Iterable[str] = ()) -> Gauge:
-            return Gauge(name, doc, list(labels), namespace=NAMESPACE, multiprocess_mode=mode)
-
-        self.drift = gauge(
-            "drift_detected", "1 while a worker's window shows drift on `signal`.", "livemax",
-            ["signal"],
+        self.values = {
+            field: Gauge(series, doc, namespace=NAMESPACE, multiprocess_mode=merge)
+            for field, series, merge, doc in GAUGES
+        }
+        self.drift = Gauge(
+            "drift_detected", "1 while a worker's window shows drift on `signal`.", ["signal"],
+            namespace=NAMESPACE, multiprocess_mode="livemax",
         )  # fmt: skip
-        self.label_distance = gauge(
-            "drift_label_distance",
-            "Jensen-Shannon distance (base 2) of the predicted-label mix from the reference's.",
-            "livemax",
-        )
-        self.label_p_value = gauge(
-            "drift_label_pvalue", "Chi-squared p-value of the label mix against the reference.",
-            "livemin",
-        )  # fmt: skip
-        self.confidence_statistic = gauge(
-            "drift_confidence_statistic",
-            "Kolmogorov-Smirnov statistic of live confidences against the reference's.",
-            "livemax",
-        )
-        self.confidence_p_value = gauge(
-            "drift_confidence_pvalue", "Kolmogorov-Smirnov p-value of live confidences.", "livemin"
-        )
-        self.mean_confidence = gauge(
-            "monitor_mean_confidence", "Mean confidence over a worker's window.", "livemin"
-        )
-        self.estimated_accuracy = gauge(
-            "monitor_estimated_accuracy",
-            "Accuracy estimated from the window's confidences by the evaluation's accuracy "
-            "per confidence bin.",
-            "livemin",
-        )
-        self.reference_accuracy = gauge(
-            "monitor_reference_accuracy", "Evaluation accuracy of the served version.", "livemax"
-        )
-        self.window_predictions = gauge(
-            "monitor_window_predictions", "Predictions in the workers' windows.", "livesum"
-        )
-        self.reference_share = gauge(
+        self.reference_share = Gauge(
             "reference_label_share",
             "Share of each label among the served version's predictions on its evaluation split.",
-            "livemostrecent",
-            ["label"],
-        )
+            ["label"], namespace=NAMESPACE, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
 
     def publish(self, signals: Signals) -> None:
-        self.label_distance.set(signals.label_distance)
-        self.label_p_value.set(signals.label_p_value)
-        self.confidence_statistic.set(signals.confidence_statistic)
-        self.confidence_p_value.set(signals.confidence_p_value)
-        self.mean_confidence.set(signals.mean_confidence)
-        self.estimated_accuracy.set(signals.estimated_accuracy)
-        self.reference_accuracy.set(signals.reference_accuracy)
-        self.window_predictions.set(signals.predictions)
+        for field, gauge in self.values.items():
+            gauge.set(getattr(signals, field))
         for name in SIGNALS:
-            self.drift.labels(name).set(int(signals.drift.get(name, False)))
+            self.drift.labels(name).set(int(signals.drift[name]))
 
     def reference(self, new: Profile | None, old: Profile | None) -> None:
         for label in old.labels if old else ():
@@ -274,7 +255,7 @@ def _compare(
         "accuracy": estimated <= reference.accuracy - limits.accuracy_drop,
     }
     return values | {
-        "label_distance": _finite(distance, 0.0), "label_p_value": _finite(label_p, 1.0),
+        "label_distance": distance, "label_p_value": label_p,
         "confidence_statistic": statistic, "confidence_p_value": confidence_p,
         "mean_confidence": float(confidences.mean()), "estimated_accuracy": estimated,
         "drift": drift,
@@ -285,10 +266,6 @@ def _live_share(labels: list[str], rows: npt.NDArray[np.float64]) -> dict[str, f
     counts = np.bincount(rows[:, 0].astype(np.intp), minlength=len(labels))[: len(labels)]
     total = max(int(counts.sum()), 1)
     return {label: round(int(c) / total, 6) for label, c in zip(labels, counts, strict=True)}
-
-
-def _finite(value: float, fallback: float) -> float:
-    return value if math.isfinite(value) else fallback
 
 
 Merged = dict[str, float | dict[str, float]]

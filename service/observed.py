@@ -86,14 +86,6 @@ def label_studio_task(text: Candidate, mapping: label_studio.Mapping | None) -> 
     if mapping is not None and text.label in mapping.choices:
         task["predictions"] = [{
             "model_version": text.model_version, "score": 1 - text.margin,
-            "result": [choice_result(mapping, text.label)],
+            "result": [mapping.choice(text.label)],
         }]  # fmt: skip
     return task
-
-
-def choice_result(mapping: label_studio.Mapping, label: str) -> dict[str, Any]:
-    """One `choices` region of a Label Studio result."""
-    return {
-        "from_name": mapping.from_name, "to_name": mapping.to_name, "type": "choices",
-        "value": {"choices": [label]},
-    }  # fmt: skip

@@ -74,7 +74,7 @@ class ReviewSampler:
         """With the queue off, what an earlier run kept is dropped: it is user text."""
         if not self.enabled:
             with store.transaction() as tx:
-                review.offer(tx, [], 0, self.ttl)
+                review.clear(tx)
 
     def flush(self, store: Store) -> None:
         """Job-runner poll: offer the buffer to the store's queue, and start a new one."""

@@ -30,6 +30,7 @@ from fastapi import FastAPI
 
 from core import registry
 from runner.queue import JobRunner, make_backend
+from service.admin_schemas import RetrainRequest
 from service.api import build_api
 from service.balance import ConnectionBalancer
 from service.errors import ErrorBoundary
@@ -46,8 +47,6 @@ from store.triggers import Policy
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-# What an automatic retrain asks for: what POST /retrain with no body asks for.
-AUTOMATIC_RETRAIN = {"mode": "auto", "training": {}}
 
 
 class Worker:
@@ -126,7 +125,7 @@ class Worker:
         self.metrics.observe_store(self.store)
         self.review.flush(self.store)
         if triggers.maybe_queue(self.store, self.settings.model_name, self.policy, drifting,
-                                AUTOMATIC_RETRAIN):  # fmt: skip
+                                RetrainRequest().job_params()):  # fmt: skip
             self.runner.wake()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import JSON, DateTime, Integer, String, Text, delete, select
@@ -62,6 +63,13 @@ class Mapping(BaseModel):
     to_name: str  # the <Text> object it labels
     text_field: str  # the task data key the <Text> shows ($text -> text)
     choices: list[str]
+
+    def choice(self, label: str) -> dict[str, Any]:
+        """`label` as one region of a Label Studio result (a prediction's or an annotation's)."""
+        return {
+            "from_name": self.from_name, "to_name": self.to_name, "type": "choices",
+            "value": {"choices": [label]},
+        }  # fmt: skip
 
 
 def save_project(tx: Session, project: int, mapping: Mapping, label_config: str) -> None:

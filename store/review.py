@@ -70,6 +70,10 @@ def offer(tx: Session, candidates: Sequence[Candidate], capacity: int, ttl: time
         tx.execute(delete(ReviewRow).where(gone).execution_options(synchronize_session=False))
 
 
+def clear(tx: Session) -> None:
+    tx.execute(delete(ReviewRow))
+
+
 def listing(tx: Session, limit: int, ttl: timedelta) -> list[Candidate]:
     """The least sure texts first; never an expired or a labeled one."""
     rows = tx.scalars(

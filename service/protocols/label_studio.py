@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 
 from core.text import clean_text
 from runner.queue import JobRunner
+from service.admin_schemas import RetrainRequest
 from service.docs import error_responses
 from service.errors import ErrorDetail, RefusedError
-from service.observed import choice_result
 from service.predict_route import Scoring
 from service.protocols.label_config import LabelConfigError, parse
 from service.settings import Settings
@@ -38,10 +38,11 @@ from store.label_studio import Annotation, Mapping
 log = logging.getLogger(__name__)
 PREFIX = "/label-studio"
 MODEL_CLASS = "selftune"
-CREATED, UPDATED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED"), "ANNOTATION_UPDATED"
+STORED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+# Label Studio 1.23 sends ANNOTATIONS_DELETED (ids only) for one delete or many; the
+# singular name is what its docs once listed.
 DELETED = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 START_TRAINING = "START_TRAINING"
-RETRAIN_PARAMS = {"mode": "auto", "training": {}}  # what POST /retrain with no body asks
 
 
 def project_id(value: object) -> int:
@@ -157,7 +158,7 @@ class LabelStudioApi:
         return LabelStudioPredictOut(
             results=[
                 TaskPrediction(
-                    result=[choice_result(mapping, p.label)] if p.label in mapping.choices else [],
+                    result=[mapping.choice(p.label)] if p.label in mapping.choices else [],
                     score=p.score,
                     model_version=p.model_version,
                 )
@@ -170,8 +171,9 @@ class LabelStudioApi:
         action = str(event.get("action", ""))
         if action == START_TRAINING:
             with self.store.transaction() as tx:
+                params = RetrainRequest().job_params()
                 job, joined = jobs.queue_or_join(
-                    tx, self.settings.model_name, RETRAIN_PARAMS, trigger="label-studio"
+                    tx, self.settings.model_name, params, trigger="label-studio"
                 )
             self.runner.wake()
             verb = "joined the queued" if joined else "queued"
@@ -185,7 +187,7 @@ class LabelStudioApi:
             return LabelStudioWebhookOut(
                 action=action, removed=removed, message=f"{removed} removed"
             )
-        if action not in (*CREATED, UPDATED):
+        if action not in STORED:
             return LabelStudioWebhookOut(
                 action=action, message="ignored: not an event this service uses"
             )

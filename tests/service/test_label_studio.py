@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import AUTH, TOKEN, mixed_texts, serve_copy
+from tests.helpers import AUTH, TOKEN, mixed_texts, scrape, serve_copy
 
 DATA = Path(__file__).parent / "data" / "label_studio"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"labelstudio:{TOKEN}".encode()).decode()}
@@ -143,6 +143,8 @@ def test_annotations_become_examples_idempotently_and_follow_updates_and_deletes
     assert examples(http) == {}, (before, removed)
     assert hook(http, captured("webhook_annotations_deleted_bulk"))["removed"] == 0
     assert hook(http, {"action": "PROJECT_UPDATED"})["message"].startswith("ignored")
+    counted = scrape(http)  # by a route family of their own, not "other"
+    assert counted.get('selftune_http_requests_total{route="/label-studio",status="200"}', 0) > 0
 
 
 def test_start_training_queues_a_retrain_that_says_who_asked(http: httpx.Client) -> None:
