@@ -83,9 +83,8 @@ def label_studio_task(text: Candidate, mapping: label_studio.Mapping | None) -> 
         "data": {mapping.text_field if mapping else "text": text.text},
         "meta": {"margin": text.margin, "model_version": text.model_version},
     }
-    if mapping is not None and text.label in mapping.choices:
-        task["predictions"] = [{
-            "model_version": text.model_version, "score": 1 - text.margin,
-            "result": [mapping.choice(text.label)],
-        }]  # fmt: skip
+    if mapping is not None and (result := mapping.region(text.label)):
+        task["predictions"] = [
+            {"model_version": text.model_version, "score": 1 - text.margin, "result": result}
+        ]
     return task

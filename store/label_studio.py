@@ -64,12 +64,31 @@ class Mapping(BaseModel):
     text_field: str  # the task data key the <Text> shows ($text -> text)
     choices: list[str]
 
-    def choice(self, label: str) -> dict[str, Any]:
-        """`label` as one region of a Label Studio result (a prediction's or an annotation's)."""
-        return {
+    def region(self, label: str) -> list[dict[str, Any]]:
+        """A model label as a Label Studio result: one region naming the config's choice for
+        it, or none when the config lists no such choice."""
+        choice = _same_name(label, self.choices)
+        if choice is None:
+            return []
+        return [{
             "from_name": self.from_name, "to_name": self.to_name, "type": "choices",
-            "value": {"choices": [label]},
-        }  # fmt: skip
+            "value": {"choices": [choice]},
+        }]  # fmt: skip
+
+    def label(self, choice: str, known: Sequence[str]) -> str:
+        """The label an annotation's choice stores: the model's own spelling when it knows
+        the label, else the choice itself (a label the next retrain adds)."""
+        return _same_name(choice, known) or choice.strip()
+
+
+def _same_name(name: str, names: Sequence[str]) -> str | None:
+    """`name` as `names` spell it, matched exactly or else ignoring case and outer spaces:
+    Label Studio's templates say "Positive" where a model trained on a CSV says "positive",
+    and the two must not become two classes."""
+    if name in names:
+        return name
+    key = name.strip().casefold()
+    return next((n for n in names if n.strip().casefold() == key), None)
 
 
 def save_project(tx: Session, project: int, mapping: Mapping, label_config: str) -> None:

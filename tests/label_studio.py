@@ -38,11 +38,12 @@ START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 20
 USERNAME = "e2e@example.com"
 
-# The labeling config of the end-to-end tests: one text, one single-choice sentiment.
+# The labeling config of the end-to-end tests: one text, one single-choice sentiment, its
+# choices spelled as Label Studio's own sentiment template spells them.
 SENTIMENT_CONFIG = (
     '<View><Text name="text" value="$text"/>'
     '<Choices name="sentiment" toName="text" choice="single">'
-    '<Choice value="positive"/><Choice value="negative"/><Choice value="neutral"/>'
+    '<Choice value="Positive"/><Choice value="Negative"/><Choice value="Neutral"/>'
     "</Choices></View>"
 )
 

@@ -5,7 +5,9 @@ Studio appends `/health`, `/setup` (with the project's label config), `/predict`
 (tasks to pre-annotate) and `/webhook`. Predictions go through the same
 batches as /predict. Webhook events become examples (`store.label_studio`):
 an annotation's choice of the project's `<Choices>` control, on the text of
-its task, with `source` = `label-studio:<project id>`; an update relabels, a
+its task, with `source` = `label-studio:<project id>` and the label as the
+served model spells it (a config's "Positive" is a model's "positive", both ways);
+an update relabels, a
 delete removes, `START_TRAINING` (Label Studio's "Start training", sent to the
 ML backend) queues a retrain. Every event is idempotent: Label Studio 1.23 does
 not retry a webhook, but a project connected to this backend also gets Label
@@ -143,8 +145,17 @@ class LabelStudioApi:
         with self.store.transaction() as tx:
             label_studio.save_project(tx, body.project, mapping, body.label_config)
         log.info("label studio project %d: %s", body.project, mapping)
+        known = self._labels()
+        if new := [c for c in mapping.choices if known and mapping.label(c, known) not in known]:
+            log.warning("label studio project %d: the model has no label for the choices %s; "
+                        "annotations with them add labels", body.project, new)  # fmt: skip
         loaded = self.scoring.model()
         return LabelStudioSetupOut(model_version=loaded.version_id if loaded else "none")
+
+    def _labels(self) -> list[str]:
+        """The labels of the model this worker serves (none before the first is loaded)."""
+        loaded = self.scoring.model()
+        return list(loaded.version.labels) if loaded else []
 
     async def predict(self, body: LabelStudioPredict) -> LabelStudioPredictOut:
         """Pre-annotations for the tasks, from the active version."""
@@ -158,7 +169,7 @@ class LabelStudioApi:
         return LabelStudioPredictOut(
             results=[
                 TaskPrediction(
-                    result=[mapping.choice(p.label)] if p.label in mapping.choices else [],
+                    result=mapping.region(p.label),
                     score=p.score,
                     model_version=p.model_version,
                 )
@@ -195,11 +206,11 @@ class LabelStudioApi:
 
     def _store_annotations(self, action: str, event: dict[str, Any]) -> LabelStudioWebhookOut:
         out = LabelStudioWebhookOut(action=action, message="")
-        tasks = _tasks_by_id(event)
+        tasks, known = _tasks_by_id(event), self._labels()
         with self.store.transaction() as tx:
             for annotation in _annotations(event):
                 try:
-                    found = self._annotation(tx, annotation, tasks, event)
+                    found = self._annotation(tx, annotation, tasks, event, known)
                 except ValueError as exc:
                     out.skipped.append(Skipped(annotation=annotation.get("id"), reason=str(exc)))
                     continue
@@ -214,9 +225,10 @@ class LabelStudioApi:
 
     def _annotation(
         self, tx: Session, annotation: dict[str, Any], tasks: dict[int, dict[str, Any]],
-        event: dict[str, Any],
+        event: dict[str, Any], known: list[str],
     ) -> Annotation:  # fmt: skip
-        """The example an annotation makes; ValueError saying why it makes none."""
+        """The example an annotation makes (its choice in the `known` labels' spelling);
+        ValueError saying why it makes none."""
         if annotation.get("was_cancelled"):
             raise ValueError("the annotation was cancelled (skipped) in Label Studio")
         task_ref = annotation.get("task")
@@ -239,7 +251,7 @@ class LabelStudioApi:
                 f"project {project} is unknown: connect this service as its ML backend "
                 "(Label Studio then calls /label-studio/setup), or send the project's label_config"
             )
-        label = _choice(annotation.get("result") or [], mapping)
+        label = mapping.label(_choice(annotation.get("result") or [], mapping), known)
         text = _task_text(LabelStudioTask.model_validate(task), mapping.text_field)
         return Annotation(int(annotation["id"]), project, int(task["id"]), text, label)
 

@@ -26,6 +26,17 @@ BOMB = (
 )
 
 
+# Label Studio's own sentiment template spells the choices with capitals; the tiny model's
+# labels are lower case. "Mixed" is a choice the model has no label for.
+TEMPLATE_PROJECT = 2
+TEMPLATE = (
+    '<View><Text name="text" value="$text"/>'
+    '<Choices name="sentiment" toName="text" choice="single-radio" showInLine="true">'
+    '<Choice value="Positive"/><Choice value="Negative"/><Choice value="Neutral"/>'
+    '<Choice value="Mixed"/></Choices></View>'
+)
+
+
 def captured(name: str) -> dict[str, Any]:
     body: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())["body"]
     return body
@@ -147,6 +158,41 @@ def test_annotations_become_examples_idempotently_and_follow_updates_and_deletes
     assert counted.get('selftune_http_requests_total{route="/label-studio",status="200"}', 0) > 0
 
 
+def set_up_template_project(http: httpx.Client) -> None:
+    body = {"project": f"{TEMPLATE_PROJECT}.1796296939", "schema": TEMPLATE}
+    assert http.post("/label-studio/setup", json=body, headers=BASIC).status_code == 200
+
+
+def test_choices_and_model_labels_match_whatever_their_case(http: httpx.Client) -> None:
+    set_up_template_project(http)
+    texts = ["the food was great", "awful service"]
+    tasks = [{"id": 300 + i, "data": {"text": t}} for i, t in enumerate(texts)]
+    answer = http.post("/label-studio/predict", headers=BASIC,
+                       json={"tasks": tasks, "project": f"{TEMPLATE_PROJECT}.1"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    ours = http.post("/predict", json={"texts": texts}).json()
+    for result, mine in zip(answer.json()["results"], ours, strict=True):
+        [region] = result["result"]  # "positive" is offered as the config's "Positive"
+        assert region["value"]["choices"] == [mine["label"].capitalize()]
+
+    def annotate(annotation: int, text: str, choice: str) -> dict[str, Any]:
+        task = {"id": annotation, "data": {"text": text}, "project": TEMPLATE_PROJECT}
+        region = {"from_name": "sentiment", "to_name": "text", "type": "choices",
+                  "value": {"choices": [choice]}}  # fmt: skip
+        return hook(http, {"action": "ANNOTATION_CREATED", "task": task, "annotation": {
+            "id": annotation, "task": annotation, "project": TEMPLATE_PROJECT,
+            "result": [region], "was_cancelled": False}})  # fmt: skip
+
+    assert annotate(301, "the soup was cold", "Negative")["stored"] == 1
+    assert annotate(302, "good and bad in equal parts", "Mixed")["stored"] == 1
+    source = f"label-studio:{TEMPLATE_PROJECT}"
+    listed = http.get("/examples", params={"source": source}, headers=AUTH).json()["items"]
+    assert {e["text"]: e["label"] for e in listed} == {
+        "the soup was cold": "negative",  # the model's class, not a new "Negative" one
+        "good and bad in equal parts": "Mixed",  # a label the model does not have yet
+    }
+
+
 def test_start_training_queues_a_retrain_that_says_who_asked(http: httpx.Client) -> None:
     answer = hook(http, captured("webhook_start_training"))
     job = http.get(f"/jobs/{answer['job_id']}", headers=AUTH).json()
@@ -179,6 +225,11 @@ def test_the_review_queue_holds_the_least_sure_texts_never_labeled_ones(
     ).json()
     assert tasks and set(tasks[0]["data"]) == {"text"}
     assert tasks[0]["predictions"][0]["result"][0]["from_name"] == "sentiment"
+    set_up_template_project(http)
+    template = http.get("/review-queue", params={"format": "label-studio",
+                        "project": TEMPLATE_PROJECT}, headers=AUTH).json()  # fmt: skip
+    [region] = template[0]["predictions"][0]["result"]
+    assert region["value"]["choices"][0] in {"Positive", "Negative", "Neutral"}
     unknown = http.get("/review-queue", params={"format": "label-studio", "project": 777},
                        headers=AUTH)  # fmt: skip
     assert unknown.status_code == 404

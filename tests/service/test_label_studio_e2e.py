@@ -36,7 +36,7 @@ from tests.label_studio import (
 
 pytestmark = pytest.mark.slow
 
-LABELS = {"negative", "neutral", "positive"}  # the tiny model's, and the config's choices
+LABELS = {"negative", "neutral", "positive"}  # the tiny model's; the config says "Negative"…
 TEXTS = ["the food was great", "awful service", "it was ok", "the movie was so very bad"]
 # Three new labels queue a retrain (the store's policy); no wait after the last job.
 POLICY = {"RETRAIN_AFTER_LABELS": "3", "RETRAIN_MIN_INTERVAL_MINUTES": "0"}
@@ -133,7 +133,7 @@ def test_label_studio_stores_our_predictions_for_its_tasks(
             "type": "choices",
         }
         [label] = region["value"]["choices"]
-        assert label in LABELS
+        assert label in {x.capitalize() for x in LABELS}
         assert prediction["model_version"] == version
 
 
@@ -143,7 +143,8 @@ def test_annotations_become_examples_that_follow_updates_and_deletes_and_queue_a
     tasks = project["tasks"]
     labels = {"the food was great": "positive", "awful service": "negative", "it was ok": "neutral"}
     annotations = {
-        text: studio.annotate(tasks[text], [choice(label)]) for text, label in labels.items()
+        text: studio.annotate(tasks[text], [choice(label.capitalize())])
+        for text, label in labels.items()
     }
     # A skipped task is no label.
     studio.annotate(tasks["the movie was so very bad"], [], was_cancelled=True)
@@ -152,7 +153,7 @@ def test_annotations_become_examples_that_follow_updates_and_deletes_and_queue_a
     # delete below, which leaves two new rows: a deleted label is no data to train on.
     eventually(lambda: len(jobs_by(admin, "labels")) >= 1, True)
 
-    studio.update_annotation(annotations["it was ok"]["id"], [choice("positive")])
+    studio.update_annotation(annotations["it was ok"]["id"], [choice("Positive")])
     eventually(lambda: stored(admin, project["id"]), labels | {"it was ok": "positive"})
 
     studio.delete_annotation(annotations["awful service"]["id"])
