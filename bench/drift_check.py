@@ -1,0 +1,112 @@
+"""Do the drift signals tell shifted traffic from ordinary traffic? A real server, run by hand.
+
+    BENTOML_HOME=... python bench/drift_check.py --model bench-retrain
+
+For the version bench/retrain_bench.py sets up (trained on the tweets outside
+the held-out topics of bench/topics.py, so its reference profile describes
+them), served by one worker (one window judges every text). Each phase sends
+250 texts (more than the 200-prediction window) as /predict requests of 8 and
+reads GET /monitoring after the next poll:
+
+* `ordinary`: a random sample of `rest_eval` (the same distribution as the
+  version's evaluation split, never trained on), before each shift and at the
+  end: every flag raised there is a false alarm;
+* `negative`: only tweets labeled negative (the label mix moves);
+* one phase per held-out topic (the model never saw it), then per screening
+  topic (it did, among everything else), from texts it was not trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.serve_bench import pin_version, server  # noqa: E402
+from bench.serve_inprocess import cpu_header  # noqa: E402
+from bench.topics import SCREEN_TOPICS, load_shifts, topic_of  # noqa: E402
+
+PHASE_TEXTS = 250
+TOKEN = secrets.token_urlsafe(32)
+
+
+def phase(url: str, texts: list[str]) -> dict[str, Any]:
+    """Send `texts`, wait for the worker's next poll, return GET /monitoring."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(0, len(texts), 8):
+            answer = http.post("/predict", json={"texts": texts[i : i + 8]})
+            answer.raise_for_status()
+        time.sleep(2.5)  # MODEL_POLL_SECONDS is 2
+        body: dict[str, Any] = http.get(
+            "/monitoring", headers={"Authorization": f"Bearer {TOKEN}"}
+        ).json()
+        return body
+
+
+def row(name: str, body: dict[str, Any]) -> tuple[str, bool]:
+    merged, worker = body["merged"], body["worker"]
+    flags = [signal for signal, on in worker["drift"].items() if on]
+    line = (
+        f"| {name} | {merged['drift_label_distance']:.3f} | {merged['drift_label_pvalue']:.1e} "
+        f"| {merged['drift_confidence_statistic']:.3f} | {merged['drift_confidence_pvalue']:.1e} "
+        f"| {worker['label_share'].get('negative', 0):.2f} "
+        f"| {merged['monitor_estimated_accuracy']:.3f} | {', '.join(flags) or '-'} |"
+    )
+    return line, bool(flags)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", default="text-classifier")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    shifts = load_shifts()
+    ordinary = [t for t, _ in shifts.rest_eval]
+    shifted = {"negative": [t for t, y in shifts.rest_eval if y == "negative"]}
+    shifted |= {
+        name: [t for t, _ in topic.eval + topic.pool] for name, topic in shifts.topics.items()
+    }
+    shifted |= {
+        name: [t for t in ordinary if topic_of(t, SCREEN_TOPICS) == name] for name in SCREEN_TOPICS
+    }
+    env = {"MODEL_NAME": args.model, "WORKERS": "1", "ADMIN_TOKEN": TOKEN,
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as state:
+        env["STATE_DIR"] = state
+        version = pin_version(args.model, Path(state), ROOT)
+        command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
+        with server(command, env, "/readyz") as (url, _, _):
+            print(f"{cpu_header()}\nmodel {args.model}:{version}, {PHASE_TEXTS} texts a phase\n")
+            print("| phase | label JS distance | label p | confidence KS | confidence p "
+                  "| negative share | estimated accuracy | drift |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|")
+            alarms = detected = 0
+            for name, texts in shifted.items():
+                line, flagged = row("ordinary", phase(url, rng.sample(ordinary, PHASE_TEXTS)))
+                print(line, flush=True)
+                alarms += flagged
+                line, flagged = row(
+                    name, phase(url, rng.sample(texts, min(PHASE_TEXTS, len(texts))))
+                )
+                print(line, flush=True)
+                detected += flagged
+            line, flagged = row("ordinary", phase(url, rng.sample(ordinary, PHASE_TEXTS)))
+            print(line, flush=True)
+            alarms += flagged
+            print(f"\nordinary phases with a flag (false alarms): {alarms} of {len(shifted) + 1}; "
+                  f"shifted phases flagged: {detected} of {len(shifted)}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
