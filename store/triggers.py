@@ -40,12 +40,16 @@ class Policy:
         return self.after_labels > 0 or self.on_drift
 
 
-def new_labels(tx: Session, model_name: str) -> int:
-    """Rows added or relabeled since the newest job's data (or its queueing) and the active
-    version's data, whichever is later."""
-    newest = tx.scalar(
+def _newest_job(tx: Session, model_name: str) -> JobRow | None:
+    return tx.scalar(
         select(JobRow).where(JobRow.model_name == model_name).order_by(JobRow.created_at.desc())
     )
+
+
+def new_labels(tx: Session, model_name: str, newest: JobRow | None = None) -> int:
+    """Rows added or relabeled since the newest job's data (or its queueing) and the active
+    version's data, whichever is later (`newest`: that job, when the caller has read it)."""
+    newest = newest or _newest_job(tx, model_name)
     read = (newest.summary or {}).get("data_revision") if newest else None
     queued_at = newest.trigger_revision if newest else None
     active = versions.active_tag(tx, model_name)
@@ -63,10 +67,10 @@ def due(tx: Session, model_name: str, policy: Policy, drifting: bool) -> str | N
     )
     if pending:
         return None
-    last = tx.scalar(select(func.max(JobRow.created_at)).where(JobRow.model_name == model_name))
-    if last is not None and utcnow() - aware(last) < policy.min_interval:
+    newest = _newest_job(tx, model_name)
+    if newest is not None and utcnow() - aware(newest.created_at) < policy.min_interval:
         return None
-    count = new_labels(tx, model_name)
+    count = new_labels(tx, model_name, newest)
     if policy.after_labels and count >= policy.after_labels:
         return LABELS
     if policy.on_drift and drifting and count > 0:
