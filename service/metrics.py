@@ -31,8 +31,9 @@ import numpy.typing as npt
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.runtime import Scored
 from service.model_holder import LoadedModel
-from service.schemas import PREDICT_ROUTE
+from service.schemas import PREDICT_ROUTE, Prediction
 from store import Store, examples, jobs
 from store.db import utcnow
 from store.jobs import Job
@@ -266,24 +267,17 @@ class ServiceMetrics:
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
 
-    def observe_batch(
-        self,
-        version: str,
-        labels: Sequence[str],
-        probabilities: npt.NDArray[np.float32],
-        seconds: float,
-        tokens: int,
-    ) -> None:
-        """Record one scored batch (`labels`: the winner per text)."""
-        self.window.add(version, probabilities)
-        confidences = probabilities.max(axis=1).tolist()
-        self.batch_size.observe(len(labels))
+    def observe_batch(self, answers: Sequence[Prediction], scored: Scored, seconds: float) -> None:
+        """Record one scored batch: its answers, and its scores for the drift window."""
+        version = answers[0].model_version
+        self.window.add(version, scored.probabilities)
+        self.batch_size.observe(len(answers))
         self.batch_seconds.observe(seconds)
-        self.batch_tokens.observe(tokens)
-        for label, count in collections.Counter(labels).items():
+        self.batch_tokens.observe(scored.tokens)
+        for label, count in collections.Counter(a.label for a in answers).items():
             self.predictions.labels(label, version).inc(count)
-        for confidence in confidences:
-            self.confidence.observe(confidence)
+        for answer in answers:
+            self.confidence.observe(answer.score)
 
 
 def directory_bytes(root: Path) -> int:

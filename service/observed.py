@@ -78,13 +78,12 @@ def build_router(monitor: Monitor, store: Store, settings: Settings) -> APIRoute
 
 def label_studio_task(text: Candidate, mapping: label_studio.Mapping | None) -> dict[str, Any]:
     """One entry of Label Studio's task import format, with our prediction when the project's
-    controls are known."""
+    controls are known. No prediction score: the queue keeps the margin (in `meta`), not the
+    model's confidence, and 1 - margin would read as one."""
     task: dict[str, Any] = {
         "data": {mapping.text_field if mapping else "text": text.text},
         "meta": {"margin": text.margin, "model_version": text.model_version},
     }
     if mapping is not None and (result := mapping.region(text.label)):
-        task["predictions"] = [
-            {"model_version": text.model_version, "score": 1 - text.margin, "result": result}
-        ]
+        task["predictions"] = [{"model_version": text.model_version, "result": result}]
     return task

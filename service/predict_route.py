@@ -219,10 +219,7 @@ class Scoring:
         scored = loaded.classifier.score(texts)
         seconds = time.perf_counter() - start
         answers = predictions(scored, loaded.version.labels, loaded.version_id)
-        labels = [a.label for a in answers]
-        self.metrics.observe_batch(
-            loaded.version_id, labels, scored.probabilities, seconds, scored.tokens
-        )
+        self.metrics.observe_batch(answers, scored, seconds)
         if self.review.enabled:
             self.review.observe(texts, scored.probabilities, loaded.version.labels,
                                 loaded.version_id)  # fmt: skip

@@ -50,9 +50,10 @@ class ReviewSampler:
         chosen = [i for i in range(len(texts)) if self._random.random() < self.rate]
         if not chosen:
             return
-        top_two = np.sort(probabilities[chosen], axis=1)[:, -2:]
+        picked = probabilities[chosen]
+        top_two = np.sort(picked, axis=1)[:, -2:]
         margins = (top_two[:, -1] - top_two[:, 0]).tolist()
-        winners = probabilities[chosen].argmax(axis=1).tolist()
+        winners = picked.argmax(axis=1).tolist()
         now = utcnow()
         with self._lock:
             for i, margin, winner in zip(chosen, margins, winners, strict=True):

@@ -127,7 +127,8 @@ def record(tx: Session, annotation: Annotation) -> str:
     (`created`, `relabeled` or `unchanged`)."""
     source = source_of(annotation.project)
     result = examples.add(tx, [NewExample(annotation.text, annotation.label)], source, True)
-    example_id = examples.ids_by_hash(tx, [text_hash(annotation.text)])[text_hash(annotation.text)]
+    key = text_hash(annotation.text)
+    example_id = examples.ids_by_hash(tx, [key])[key]
     link = tx.get(AnnotationRow, annotation.id)
     moved_from = link.example_id if link is not None and link.example_id != example_id else None
     if link is None:

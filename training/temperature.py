@@ -24,12 +24,12 @@ import numpy.typing as npt
 import onnx
 from scipy.optimize import minimize_scalar
 
+from core.profile import BINS, bins_of
 from core.registry import ONNX_FILE
 from core.runtime import TEMPERATURE, Classifier, softmax
 from training.export import add_marks
 
 Logits = npt.NDArray[np.float32]
-ECE_BINS = 10
 # T is searched in log space between these; a T at either end means a dev split too small
 # or a degenerate model, and metrics.json shows it.
 T_RANGE = (0.05, 20.0)
@@ -59,18 +59,17 @@ def fit_temperature(logits: Logits, labels: npt.NDArray[np.int64]) -> float:
 
 
 def reliability(
-    probabilities: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], bins: int = ECE_BINS
+    probabilities: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]
 ) -> tuple[float, list[dict[str, float]]]:
     """Expected calibration error, and per confidence bin its mean confidence, accuracy and
-    share of texts (equal-width bins of the top probability)."""
+    share of texts (the reference profile's equal-width bins of the top probability)."""
     if len(labels) == 0:
         return 0.0, []
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    which = bins_of(confidence)
     ece, table = 0.0, []
-    for b in range(bins):
+    for b in range(BINS):
         inside = which == b
         if not inside.any():
             continue

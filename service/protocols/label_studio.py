@@ -145,12 +145,14 @@ class LabelStudioApi:
         with self.store.transaction() as tx:
             label_studio.save_project(tx, body.project, mapping, body.label_config)
         log.info("label studio project %d: %s", body.project, mapping)
-        known = self._labels()
-        if new := [c for c in mapping.choices if known and mapping.label(c, known) not in known]:
+        loaded = self.scoring.model()
+        if loaded is None:
+            return LabelStudioSetupOut(model_version="none")
+        known = loaded.version.labels
+        if new := [c for c in mapping.choices if mapping.label(c, known) not in known]:
             log.warning("label studio project %d: the model has no label for the choices %s; "
                         "annotations with them add labels", body.project, new)  # fmt: skip
-        loaded = self.scoring.model()
-        return LabelStudioSetupOut(model_version=loaded.version_id if loaded else "none")
+        return LabelStudioSetupOut(model_version=loaded.version_id)
 
     def _labels(self) -> list[str]:
         """The labels of the model this worker serves (none before the first is loaded)."""

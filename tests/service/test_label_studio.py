@@ -224,7 +224,9 @@ def test_the_review_queue_holds_the_least_sure_texts_never_labeled_ones(
         "/review-queue", params={"format": "label-studio", "project": PROJECT}, headers=AUTH
     ).json()
     assert tasks and set(tasks[0]["data"]) == {"text"}
-    assert tasks[0]["predictions"][0]["result"][0]["from_name"] == "sentiment"
+    [prediction] = tasks[0]["predictions"]
+    assert prediction["result"][0]["from_name"] == "sentiment" and "score" not in prediction
+    assert tasks[0]["meta"]["margin"] == after[0]["margin"]
     set_up_template_project(http)
     template = http.get("/review-queue", params={"format": "label-studio",
                         "project": TEMPLATE_PROJECT}, headers=AUTH).json()  # fmt: skip
