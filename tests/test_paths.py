@@ -3,7 +3,8 @@
 A /predict request is traced in a real `bentoml serve` of two workers: a
 `sitecustomize` on the server's PYTHONPATH records, per worker, which of our
 files run code on the event loop and the model thread while it is armed
-(SIGUSR1), and writes them out when disarmed (SIGUSR2). The retrain job's path
+(SIGUSR1), and writes them out when disarmed (SIGUSR2). It is armed only once both
+workers have answered a request, so neither is still building its service. The retrain job's path
 is a chain of hand-offs, each checked to be real: one file imports or launches
 the next or writes the record the next one reads.
 """
@@ -11,6 +12,7 @@ the next or writes the record the next one reads.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import signal
 import time
@@ -67,13 +69,20 @@ import json, os, signal, sys, threading  # noqa: E401
 
 ROOTS = tuple(os.path.join(ROOT, package) + os.sep for package in PACKAGES)
 THREADS = ("MainThread", "predict")
-seen, armed = set(), False
+seen, armed, answered = set(), False, False
 
 
 def profile(frame, event, arg):
-    if armed and event == "call" and frame.f_code.co_filename.startswith(ROOTS):
+    global answered
+    if event != "call":
+        return
+    filename = frame.f_code.co_filename
+    if not answered and (filename, frame.f_code.co_name) == ANSWERS:  # it took a request
+        answered = True
+        open(os.path.join(OUT, f"{os.getpid()}.answered"), "w").close()
+    if armed and filename.startswith(ROOTS):
         if threading.current_thread().name.startswith(THREADS):
-            seen.add(os.path.relpath(frame.f_code.co_filename, ROOT))
+            seen.add(os.path.relpath(filename, ROOT))
 
 
 def arm(signum, frame):
@@ -111,13 +120,21 @@ def test_a_predict_request_runs_code_in_the_six_files_the_readme_names(
     hooks.mkdir()
     out.mkdir()
     settings = f"ROOT = {str(ROOT)!r}\nPACKAGES = {OURS!r}\nOUT = {str(out)!r}\n"
+    settings += f"ANSWERS = ({str(ROOT / 'service' / 'predict_route.py')!r}, '_predict')\n"
     (hooks / "sitecustomize.py").write_text(settings + TRACER)
     env = {"PYTHONPATH": str(hooks), "WORKERS": "2"}
     with bentoml_serve(tiny_version.split(":")[0], tmp_path / "serve.log", env) as server:
         wait_until(f"{server.url}/readyz", 200, timeout_s=120)
         body = {"texts": ["the food was great"]}
-        for _ in range(4):  # every lazy first-time path (imports, threads) out of the way
+        # At least five requests (a fresh connection each), and until both workers have
+        # answered one: every lazy first-time path (imports, threads) is out of the way, and
+        # neither worker can be traced still building its service (then it takes no requests).
+        deadline = time.monotonic() + 120
+        for sent in itertools.count():
             assert httpx.post(f"{server.url}/predict", json=body, timeout=60).status_code == 200
+            if sent >= 4 and len(list(out.glob("*.answered"))) == 2:
+                break
+            assert time.monotonic() < deadline, "a worker never answered a request"
         workers = _workers(server.pid)
         assert len(workers) == 2
         for worker in workers:
