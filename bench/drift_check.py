@@ -5,8 +5,9 @@
 For the version bench/retrain_bench.py sets up (trained on the tweets outside
 the held-out topics of bench/topics.py, so its reference profile describes
 them), served by one worker (one window judges every text). Each phase sends
-250 texts (more than the 200-prediction window) as /predict requests of 8 and
-reads GET /monitoring after the next poll:
+450 texts (more than the two 200-prediction windows a retrain on drift needs
+flagged, where a topic has that many) as /predict requests of 8 and reads GET
+/monitoring after the next poll:
 
 * `ordinary`: a random sample of `rest_eval` (the same distribution as the
   version's evaluation split, never trained on), before each shift and at the
@@ -14,6 +15,12 @@ reads GET /monitoring after the next poll:
 * `negative`: only tweets labeled negative (the label mix moves);
 * one phase per held-out topic (the model never saw it), then per screening
   topic (it did, among everything else), from texts it was not trained on.
+
+Then every look: 3,000 ordinary texts with GET /monitoring read after each
+request (each a look at a window, as every poll is), counting the looks that
+flag drift and those that confirm it (what RETRAIN_ON_DRIFT acts on); and per
+shift, after 400 ordinary texts, how many of its texts pass before the first
+flag and before confirmation.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from bench.serve_bench import pin_version, server  # noqa: E402
 from bench.serve_inprocess import cpu_header  # noqa: E402
 from bench.topics import SCREEN_TOPICS, load_shifts, topic_of  # noqa: E402
 
-PHASE_TEXTS = 250
+PHASE_TEXTS = 450
 TOKEN = secrets.token_urlsafe(32)
 
 
@@ -53,6 +60,44 @@ def phase(url: str, texts: list[str]) -> dict[str, Any]:
         return body
 
 
+def stream(url: str, texts: list[str]) -> list[dict[str, Any]]:
+    """Send `texts` 8 at a time; the worker's view (GET /monitoring) after each request."""
+    views = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(0, len(texts), 8):
+            http.post("/predict", json={"texts": texts[i : i + 8]}).raise_for_status()
+            body = http.get("/monitoring", headers={"Authorization": f"Bearer {TOKEN}"})
+            views.append(body.json()["worker"])
+    return views
+
+
+def first(views: list[dict[str, Any]], flag: str) -> str:
+    """Texts sent before the first view with `flag` ("-": none)."""
+    hit = next((i for i, v in enumerate(views) if _flagged(v, flag)), None)
+    return "-" if hit is None else str(8 * (hit + 1))
+
+
+def _flagged(view: dict[str, Any], flag: str) -> bool:
+    return bool(view["drift_confirmed"] if flag == "confirmed" else any(view["drift"].values()))
+
+
+def looks(url: str, rng: random.Random, ordinary: list[str], shifted: dict[str, list[str]]) -> None:
+    views = stream(url, rng.sample(ordinary, 3000))
+    flagged = [_flagged(v, "any") for v in views]
+    runs = sum(on and not before for before, on in zip([False, *flagged], flagged, strict=False))
+    by_signal = {name: sum(v["drift"][name] for v in views) for name in views[0]["drift"]}
+    confirmed = sum(_flagged(v, "confirmed") for v in views)
+    print(f"\nordinary traffic, {len(views)} looks (one per request of 8): {sum(flagged)} "
+          f"flagged drift ({runs} runs of looks; by signal {by_signal}), {confirmed} confirmed "
+          "it\n")  # fmt: skip
+    print("| shift | texts sent before the first flag | before confirmation |")
+    print("|---|---|---|")
+    for name, texts in shifted.items():
+        stream(url, rng.sample(ordinary, 400))
+        views = stream(url, rng.sample(texts, min(PHASE_TEXTS, len(texts))))
+        print(f"| {name} | {first(views, 'any')} | {first(views, 'confirmed')} |", flush=True)
+
+
 def row(name: str, body: dict[str, Any]) -> tuple[str, bool]:
     merged, worker = body["merged"], body["worker"]
     flags = [signal for signal, on in worker["drift"].items() if on]
@@ -60,7 +105,8 @@ def row(name: str, body: dict[str, Any]) -> tuple[str, bool]:
         f"| {name} | {merged['drift_label_distance']:.3f} | {merged['drift_label_pvalue']:.1e} "
         f"| {merged['drift_confidence_statistic']:.3f} | {merged['drift_confidence_pvalue']:.1e} "
         f"| {worker['label_share'].get('negative', 0):.2f} "
-        f"| {merged['monitor_estimated_accuracy']:.3f} | {', '.join(flags) or '-'} |"
+        f"| {merged['monitor_estimated_accuracy']:.3f} | {', '.join(flags) or '-'} "
+        f"| {'yes' if worker['drift_confirmed'] else '-'} |"
     )
     return line, bool(flags)
 
@@ -89,8 +135,8 @@ def main() -> None:
         with server(command, env, "/readyz") as (url, _, _):
             print(f"{cpu_header()}\nmodel {args.model}:{version}, {PHASE_TEXTS} texts a phase\n")
             print("| phase | label JS distance | label p | confidence KS | confidence p "
-                  "| negative share | estimated accuracy | drift |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|---|")
+                  "| negative share | estimated accuracy | drift | confirmed |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|---|")
             alarms = detected = 0
             for name, texts in shifted.items():
                 line, flagged = row("ordinary", phase(url, rng.sample(ordinary, PHASE_TEXTS)))
@@ -106,6 +152,7 @@ def main() -> None:
             alarms += flagged
             print(f"\nordinary phases with a flag (false alarms): {alarms} of {len(shifted) + 1}; "
                   f"shifted phases flagged: {detected} of {len(shifted)}")  # fmt: skip
+            looks(url, rng, ordinary, shifted)
 
 
 if __name__ == "__main__":

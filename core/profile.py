@@ -25,6 +25,9 @@ BINS = 10  # equal-width bins over [0, 1], for confidence and normalised entropy
 # Confidences kept for the two-sample test: every one up to this many, else as many
 # evenly spaced quantiles (the test's power is set by the smaller live window anyway).
 SAMPLE_SIZE = 1000
+# A confidence bin's evaluation accuracy is trusted as much as this many texts' calibrated
+# confidences: with 36 evaluation texts a bin may hold one, and one miss is not 0% accuracy.
+PRIOR_TEXTS = 10
 
 Probabilities = npt.NDArray[np.floating]
 
@@ -48,13 +51,25 @@ class Profile(BaseModel):
         return counts / counts.sum()
 
     def estimated_accuracy(self, confidences: npt.NDArray[np.floating]) -> float:
-        """Mean evaluation accuracy of the bins these confidences fall in; a bin the
-        evaluation never reached counts its own confidence (the scores are calibrated)."""
+        """The evaluation's accuracy, moved by how much better or worse the evaluation did
+        in these confidences' bins than over its own confidences. Equals the evaluation's
+        accuracy on traffic like the evaluation's, however small the evaluation was."""
         if len(confidences) == 0:
             return float("nan")
-        by_bin = np.array([np.nan if a is None else a for a in self.accuracy_by_confidence])
-        estimates = by_bin[bins_of(confidences)]
-        return float(np.where(np.isnan(estimates), confidences, estimates).mean())
+        own = self._bin_accuracy(np.asarray(self.confidence_sample)).mean()
+        shift = float(self._bin_accuracy(np.asarray(confidences)).mean() - own)
+        return float(np.clip(self.accuracy + shift, 0.0, 1.0))
+
+    def _bin_accuracy(self, confidences: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """Per confidence: the evaluation's accuracy in its bin, shrunk toward the (calibrated)
+        confidence itself as if PRIOR_TEXTS more texts were scored at it, so a bin of one
+        wrong text reads as a little worse than the confidence, not as 0% (an empty bin
+        reads as the confidence)."""
+        c = np.asarray(confidences, dtype=np.float64)
+        which = bins_of(c)
+        texts = np.rint(np.asarray(self.confidence_histogram) * self.texts)[which]
+        right = np.array([a or 0.0 for a in self.accuracy_by_confidence])[which] * texts
+        return np.asarray((right + PRIOR_TEXTS * c) / (texts + PRIOR_TEXTS))
 
 
 def bins_of(values: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:

@@ -97,7 +97,8 @@ class ServiceMetrics:
     """The service's own series; one instance per worker process."""
 
     def __init__(self, max_batch_size: int, window: int) -> None:
-        self.window = PredictionWindow(window)
+        # The latest window and the one before it: drift is confirmed on both (service.monitoring).
+        self.window = PredictionWindow(2 * window)
         # livemax: across workers a version reads 1 while any live worker serves it,
         # and 0 once all of them have swapped away.
         self.model_version = Gauge(

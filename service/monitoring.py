@@ -22,6 +22,12 @@ The gauges merge across workers the way an alert wants: distances and drift
 flags by max, p-values, mean confidence and estimated accuracy by min. A
 worker whose window is short reports the reference's own values and no drift.
 A swap empties the window: the new version is judged against its own profile.
+
+A flag is one look at one window, and a window is looked at every poll: on
+traffic like the evaluation's a flag comes up now and then by chance (about
+one 100-200-prediction window in 200 on the tests' tiny model). Acting on
+drift (RETRAIN_ON_DRIFT) therefore takes `drift_confirmed`: drift in the
+window and in the one before it, which hold different predictions.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class Signals(BaseModel):
     estimated_accuracy: float
     reference_accuracy: float
     drift: dict[str, bool]
+    drift_confirmed: bool  # drift in this window and in the one before it, too
     thresholds: Thresholds
 
 
@@ -170,23 +177,28 @@ class Monitor:
         s = self.settings
         served = self._served
         rows = _rows(self.window.recent(s.monitor_window_seconds))
+        latest, before = rows[-s.monitor_window :], rows[: -s.monitor_window]
         version, reference = served if served else (None, None)
         status: Status = (
             "no_model" if served is None
             else "no_profile" if reference is None
-            else "collecting" if len(rows) < s.monitor_min_predictions
+            else "collecting" if len(latest) < s.monitor_min_predictions
             else "ready"
         )  # fmt: skip
         common = {
             "status": status, "model_version": version,
             "reference_version": version if reference else None, "window": s.monitor_window,
             "window_seconds": s.monitor_window_seconds,
-            "min_predictions": s.monitor_min_predictions, "predictions": len(rows),
+            "min_predictions": s.monitor_min_predictions, "predictions": len(latest),
             "thresholds": self.thresholds,
         }  # fmt: skip
         if reference is None:
-            return Signals(**common, **_neutral(None, rows))
-        return Signals(**common, **_compare(reference, rows, status == "ready", self.thresholds))
+            return Signals(**common, **_neutral(None, latest), drift_confirmed=False)
+        values = _compare(reference, latest, status == "ready", self.thresholds)
+        confirmed = _drifting(values) and _drifting(
+            _compare(reference, before, len(before) >= s.monitor_min_predictions, self.thresholds)
+        )
+        return Signals(**common, **values, drift_confirmed=confirmed)
 
     def publish(self) -> Signals:
         """Compute this worker's signals and set its gauges (job-runner poll, GET /monitoring)."""
@@ -260,6 +272,12 @@ def _compare(
         "mean_confidence": float(confidences.mean()), "estimated_accuracy": estimated,
         "drift": drift,
     }  # fmt: skip
+
+
+def _drifting(values: dict[str, object]) -> bool:
+    drift = values["drift"]
+    assert isinstance(drift, dict)
+    return any(drift.values())
 
 
 def _live_share(labels: list[str], rows: npt.NDArray[np.float64]) -> dict[str, float]:

@@ -121,7 +121,7 @@ class Worker:
         self.metrics.observe_disk(
             {"model_store": registry.store_dir(), "state_dir": self.settings.state_dir.resolve()}
         )
-        drifting = any(self.monitor.publish().drift.values())
+        drifting = self.monitor.publish().drift_confirmed
         self.metrics.observe_store(self.store)
         self.review.flush(self.store)
         if triggers.maybe_queue(self.store, self.settings.model_name, self.policy, drifting,

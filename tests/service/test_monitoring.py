@@ -14,6 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from core import registry
+from core.runtime import Classifier
+from service.metrics import PredictionWindow
+from service.model_holder import LoadedModel
+from service.monitoring import Monitor
+from service.settings import Settings
 from tests.helpers import AUTH, make_texts, scrape, serve_copy
 from tests.tiny_model import NEGATIVE, NEUTRAL, POSITIVE
 
@@ -94,8 +100,9 @@ def test_reference_like_traffic_stays_quiet_and_one_sided_traffic_is_drift(
     assert jobs(server_url) == []  # a new label alone queues nothing
 
     # Only complaints: every worker that took some of them now predicts "negative" more
-    # often than its reference (how much depends on its share of the connections).
-    send(server_url, make_texts(NEGATIVE, 600, random.Random(12)))
+    # often than its reference (how much depends on its share of the connections), and
+    # one that took over 2 x 200 has confirmed it (drift in two windows running).
+    send(server_url, make_texts(NEGATIVE, 900, random.Random(12)))
     drifted = settled(server_url, 1.0)
     assert drifted[DRIFT] == 1.0 and drifted[DISTANCE] >= 0.1, drifted
     assert drifted["selftune_drift_label_pvalue"] < 0.01
@@ -113,3 +120,24 @@ def test_monitoring_is_admin_only_and_the_review_queue_stays_off_unless_asked(
     assert httpx.get(f"{server_url}/monitoring").status_code == 401
     queue = httpx.get(f"{server_url}/review-queue", headers=AUTH).json()
     assert queue == {"enabled": False, "texts": []}  # after the predictions above
+
+
+def test_a_retrain_on_drift_waits_for_drift_in_two_windows_running(tiny_version: str) -> None:
+    """One window's flag may be chance (each is looked at every poll); RETRAIN_ON_DRIFT acts
+    on drift in the latest window and in the predictions before it."""
+    version = registry.get(tiny_version)
+    classifier = Classifier(version.path, version.max_length, 1)
+    settings = Settings(monitor_window=100, monitor_min_predictions=100)
+    window = PredictionWindow(2 * settings.monitor_window)
+    monitor = Monitor(settings, window)
+    monitor.swapped(LoadedModel.of(version, classifier), None)
+    rng = random.Random(3)
+    mixed = [t for words in (NEGATIVE, NEUTRAL, POSITIVE) for t in make_texts(words, 34, rng)]
+    rng.shuffle(mixed)
+    complaints = make_texts(NEGATIVE, 200, rng)
+    looks = []
+    for texts in (mixed[:100], complaints[:100], complaints[100:]):
+        window.add(version.version, classifier.score(texts).probabilities)
+        signals = monitor.publish()
+        looks.append((signals.drift["label"], signals.drift_confirmed))
+    assert looks == [(False, False), (True, False), (True, True)]
