@@ -63,7 +63,8 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 class PredictionWindow:
     """The scores of a worker's latest predictions by the version it serves, with their
-    time: what drift is judged on (`service.monitoring`). Bounded by MONITOR_WINDOW."""
+    time: what drift is judged on (`service.monitoring`). Bounded by `size`: the service
+    keeps 2 x MONITOR_WINDOW, the window judged and the one before it."""
 
     def __init__(self, size: int) -> None:
         self._rows: collections.deque[tuple[float, npt.NDArray[np.float32]]] = collections.deque(
