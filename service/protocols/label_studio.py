@@ -20,10 +20,8 @@ the token as the password (what Label Studio's ML-backend form sends).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from core.text import clean_text
@@ -33,6 +31,21 @@ from service.docs import error_responses
 from service.errors import ErrorDetail, RefusedError
 from service.predict_route import Scoring
 from service.protocols.label_config import LabelConfigError, parse
+from service.protocols.label_studio_schemas import (
+    LabelStudioAnnotation,
+    LabelStudioEvent,
+    LabelStudioPredict,
+    LabelStudioPredictOut,
+    LabelStudioSetup,
+    LabelStudioSetupOut,
+    LabelStudioTask,
+    LabelStudioWebhookOut,
+    One,
+    Region,
+    Skipped,
+    TaskPrediction,
+    project_id,
+)
 from service.settings import Settings
 from store import Store, jobs, label_studio
 from store.label_studio import Annotation, Mapping
@@ -45,76 +58,6 @@ STORED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 # singular name is what its docs once listed.
 DELETED = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 START_TRAINING = "START_TRAINING"
-
-
-def project_id(value: object) -> int:
-    """Label Studio's project: an id, `"<id>.<timestamp>"` (setup), or an object with `id`."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool) or value is None:
-        raise ValueError("no project id")
-    if isinstance(value, int):
-        return value
-    head = str(value).split(".", 1)[0]
-    if not head.isdigit():
-        raise ValueError(f"{value!r} is not a project id (an integer, or '<id>.<timestamp>')")
-    return int(head)
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class LabelStudioSetup(_Open):
-    project: int
-    label_config: str = Field(alias="schema", description="The project's label config (XML).")
-    extra_params: str | dict[str, Any] | None = None
-
-    _project = field_validator("project", mode="before")(lambda cls, v: project_id(v))
-
-
-class LabelStudioSetupOut(BaseModel):
-    model_version: str
-
-
-class LabelStudioTask(_Open):
-    id: int | None = None
-    data: dict[str, Any]
-
-
-class LabelStudioPredict(_Open):
-    tasks: list[LabelStudioTask]
-    label_config: str | None = None
-    project: int | None = None
-
-    _project = field_validator("project", mode="before")(
-        lambda cls, v: None if v is None else project_id(v)
-    )
-
-
-class TaskPrediction(BaseModel):
-    result: list[dict[str, Any]]
-    score: float
-    model_version: str
-
-
-class LabelStudioPredictOut(BaseModel):
-    results: list[TaskPrediction]
-
-
-class Skipped(BaseModel):
-    annotation: int | None
-    reason: str
-
-
-class LabelStudioWebhookOut(BaseModel):
-    action: str
-    stored: int = Field(0, description="Annotations that created or relabeled an example.")
-    unchanged: int = Field(0, description="Annotations already stored as they are (retries).")
-    removed: int = Field(0, description="Deleted annotations that were linked to an example.")
-    skipped: list[Skipped] = Field(default_factory=list)
-    job_id: str | None = Field(None, description="START_TRAINING: the retrain queued or joined.")
-    message: str
 
 
 class LabelStudioApi:
@@ -179,9 +122,9 @@ class LabelStudioApi:
             ]
         )
 
-    def webhook(self, event: dict[str, Any] = Body(...)) -> LabelStudioWebhookOut:  # noqa: B008
+    def webhook(self, event: LabelStudioEvent) -> LabelStudioWebhookOut:
         """Annotation events become examples; START_TRAINING queues a retrain."""
-        action = str(event.get("action", ""))
+        action = event.action
         if action == START_TRAINING:
             with self.store.transaction() as tx:
                 params = RetrainRequest().job_params()
@@ -194,9 +137,8 @@ class LabelStudioApi:
                 action=action, job_id=job.id, message=f"{verb} retrain {job.id}"
             )
         if action in DELETED:
-            ids = [a["id"] for a in _annotations(event) if isinstance(a.get("id"), int)]
             with self.store.transaction() as tx:
-                removed = label_studio.forget(tx, ids, f"Label Studio {action}")
+                removed = label_studio.forget(tx, event.annotation_ids(), f"Label Studio {action}")
             return LabelStudioWebhookOut(
                 action=action, removed=removed, message=f"{removed} removed"
             )
@@ -204,17 +146,19 @@ class LabelStudioApi:
             return LabelStudioWebhookOut(
                 action=action, message="ignored: not an event this service uses"
             )
-        return self._store_annotations(action, event)
+        return self._store_annotations(event)
 
-    def _store_annotations(self, action: str, event: dict[str, Any]) -> LabelStudioWebhookOut:
-        out = LabelStudioWebhookOut(action=action, message="")
-        tasks, known = _tasks_by_id(event), self._labels()
+    def _store_annotations(self, event: LabelStudioEvent) -> LabelStudioWebhookOut:
+        out = LabelStudioWebhookOut(action=event.action, message="")
+        tasks, known = event.tasks_by_id(), self._labels()
         with self.store.transaction() as tx:
-            for annotation in _annotations(event):
+            for item in event.all_annotations():
                 try:
-                    found = self._annotation(tx, annotation, tasks, event, known)
+                    found = self._annotation(tx, LabelStudioAnnotation.read(item), tasks, event,
+                                             known)  # fmt: skip
                 except ValueError as exc:
-                    out.skipped.append(Skipped(annotation=annotation.get("id"), reason=str(exc)))
+                    annotation = item.get("id") if type(item.get("id")) is int else None
+                    out.skipped.append(Skipped(annotation=annotation, reason=str(exc)))
                     continue
                 if label_studio.record(tx, found) == "unchanged":
                     out.unchanged += 1
@@ -222,28 +166,24 @@ class LabelStudioApi:
                     out.stored += 1
         out.message = f"{out.stored} stored, {out.unchanged} unchanged, {len(out.skipped)} skipped"
         if out.skipped:
-            log.info("label studio %s: %s", action, out.skipped)
+            log.info("label studio %s: %s", event.action, out.skipped)
         return out
 
     def _annotation(
-        self, tx: Session, annotation: dict[str, Any], tasks: dict[int, dict[str, Any]],
-        event: dict[str, Any], known: list[str],
+        self, tx: Session, annotation: LabelStudioAnnotation, tasks: dict[int, One],
+        event: LabelStudioEvent, known: list[str],
     ) -> Annotation:  # fmt: skip
         """The example an annotation makes (its choice in the `known` labels' spelling);
         ValueError saying why it makes none."""
-        if annotation.get("was_cancelled"):
+        if annotation.was_cancelled:
             raise ValueError("the annotation was cancelled (skipped) in Label Studio")
-        task_ref = annotation.get("task")
-        task = task_ref if isinstance(task_ref, dict) else tasks.get(int(task_ref or 0))
-        if task is None or not isinstance(task.get("id"), int):
+        task_ref = annotation.task
+        task = task_ref if isinstance(task_ref, dict) else tasks.get(task_ref or 0)
+        if task is None or type(task.get("id")) is not int:
             raise ValueError("the event carries no task for this annotation")
-        project = project_id(
-            annotation.get("project") or task.get("project") or event.get("project")
-        )
+        project = project_id(annotation.project or task.get("project") or event.project)
         mapping = label_studio.project_mapping(tx, project)
-        config = (event.get("project") or {}).get("label_config") if isinstance(
-            event.get("project"), dict) else None  # fmt: skip
-        if mapping is None and config:
+        if mapping is None and (config := event.label_config()):
             try:
                 mapping = parse(config)
             except LabelConfigError as exc:
@@ -253,9 +193,9 @@ class LabelStudioApi:
                 f"project {project} is unknown: connect this service as its ML backend "
                 "(Label Studio then calls /label-studio/setup), or send the project's label_config"
             )
-        label = mapping.label(_choice(annotation.get("result") or [], mapping), known)
+        label = mapping.label(_choice(annotation.result, mapping), known)
         text = _task_text(LabelStudioTask.model_validate(task), mapping.text_field)
-        return Annotation(int(annotation["id"]), project, int(task["id"]), text, label)
+        return Annotation(annotation.id, project, task["id"], text, label)
 
     def _project_mapping(self, config: str | None, project: int | None) -> Mapping:
         if config:
@@ -293,30 +233,12 @@ def _predict_text(task: LabelStudioTask, field: str, index: int) -> str:
         raise RefusedError(422, f"{where}: {exc}", [ErrorDetail(loc=where, msg=str(exc))]) from None
 
 
-def _choice(result: list[dict[str, Any]], mapping: Mapping) -> str:
+def _choice(result: list[Region], mapping: Mapping) -> str:
     """The label an annotation's result gives the project's <Choices> control."""
     for region in result:
-        if region.get("from_name") == mapping.from_name and region.get("type") == "choices":
-            chosen = (region.get("value") or {}).get("choices") or []
-            if chosen and chosen[0] in mapping.choices:
+        if region.from_name == mapping.from_name and region.type == "choices":
+            chosen = region.value.get("choices") or []
+            if isinstance(chosen, list) and chosen and chosen[0] in mapping.choices:
                 return str(chosen[0])
-            raise ValueError(f"choice {chosen[:1]} is not one of {mapping.choices}")
+            raise ValueError(f"choice {chosen!r} is not one of {mapping.choices}")
     raise ValueError(f"the result has no choice of the <Choices name={mapping.from_name!r}>")
-
-
-def _annotations(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every annotation of an event: `annotation` (one, or a list in ANNOTATIONS_CREATED)
-    or `annotations` (ANNOTATIONS_DELETED, ids only)."""
-    return _objects(event, "annotation") + _objects(event, "annotations")
-
-
-def _tasks_by_id(event: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """The event's tasks (`task`: one, or a list in ANNOTATIONS_CREATED) by id."""
-    tasks = _objects(event, "task") + _objects(event, "tasks")
-    return {t["id"]: t for t in tasks if isinstance(t.get("id"), int)}
-
-
-def _objects(event: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = event.get(key)
-    items = value if isinstance(value, list) else [value]
-    return [item for item in items if isinstance(item, dict)]

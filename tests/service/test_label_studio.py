@@ -158,6 +158,21 @@ def test_annotations_become_examples_idempotently_and_follow_updates_and_deletes
     assert counted.get('selftune_http_requests_total{route="/label-studio",status="200"}', 0) > 0
 
 
+def test_a_webhook_label_studio_would_not_send_is_refused_or_skipped_with_the_reason(
+    http: httpx.Client,
+) -> None:
+    no_action = http.post("/label-studio/webhook", json={"annotation": {"id": 1}}, headers=AUTH)
+    assert no_action.status_code == 422 and "action" in no_action.json()["error"]
+    # One malformed annotation in a bulk event skips only itself, saying what is wrong.
+    bulk = captured("webhook_annotations_created")
+    bulk["annotation"][0] = bulk["annotation"][0] | {"id": "first", "result": "positive"}
+    answer = hook(http, bulk)
+    [skipped] = answer["skipped"]
+    assert skipped["annotation"] is None, skipped
+    assert "id:" in skipped["reason"] and "result:" in skipped["reason"], skipped
+    assert answer["stored"] + answer["unchanged"] == len(bulk["annotation"]) - 1
+
+
 def set_up_template_project(http: httpx.Client) -> None:
     body = {"project": f"{TEMPLATE_PROJECT}.1796296939", "schema": TEMPLATE}
     assert http.post("/label-studio/setup", json=body, headers=BASIC).status_code == 200
