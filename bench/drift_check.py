@@ -31,6 +31,7 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,57 +46,60 @@ from bench.topics import SCREEN_TOPICS, load_shifts, topic_of  # noqa: E402
 
 PHASE_TEXTS = 450
 TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def phase(url: str, texts: list[str]) -> dict[str, Any]:
-    """Send `texts`, wait for the worker's next poll, return GET /monitoring."""
-    with httpx.Client(base_url=url, timeout=60) as http:
-        for i in range(0, len(texts), 8):
-            answer = http.post("/predict", json={"texts": texts[i : i + 8]})
-            answer.raise_for_status()
-        time.sleep(2.5)  # MODEL_POLL_SECONDS is 2
-        body: dict[str, Any] = http.get(
-            "/monitoring", headers={"Authorization": f"Bearer {TOKEN}"}
-        ).json()
-        return body
-
-
-def stream(url: str, texts: list[str]) -> list[dict[str, Any]]:
+def stream(http: httpx.Client, texts: list[str]) -> list[dict[str, Any]]:
     """Send `texts` 8 at a time; the worker's view (GET /monitoring) after each request."""
     views = []
-    with httpx.Client(base_url=url, timeout=60) as http:
-        for i in range(0, len(texts), 8):
-            http.post("/predict", json={"texts": texts[i : i + 8]}).raise_for_status()
-            body = http.get("/monitoring", headers={"Authorization": f"Bearer {TOKEN}"})
-            views.append(body.json()["worker"])
+    for i in range(0, len(texts), 8):
+        http.post("/predict", json={"texts": texts[i : i + 8]}).raise_for_status()
+        views.append(monitoring(http)["worker"])
     return views
 
 
-def first(views: list[dict[str, Any]], flag: str) -> str:
-    """Texts sent before the first view with `flag` ("-": none)."""
-    hit = next((i for i, v in enumerate(views) if _flagged(v, flag)), None)
+def phase(http: httpx.Client, texts: list[str]) -> dict[str, Any]:
+    """Send `texts`, wait for the worker's next poll (the merged gauges), return GET /monitoring."""
+    stream(http, texts)
+    time.sleep(2.5)  # MODEL_POLL_SECONDS is 2
+    return monitoring(http)
+
+
+def monitoring(http: httpx.Client) -> dict[str, Any]:
+    body: dict[str, Any] = http.get("/monitoring", headers=AUTH).json()
+    return body
+
+
+def flagged(view: dict[str, Any]) -> bool:
+    return any(view["drift"].values())
+
+
+def confirmed(view: dict[str, Any]) -> bool:
+    return bool(view["drift_confirmed"])
+
+
+def first(views: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> str:
+    """Texts sent before the first view that passes `test` ("-": none)."""
+    hit = next((i for i, v in enumerate(views) if test(v)), None)
     return "-" if hit is None else str(8 * (hit + 1))
 
 
-def _flagged(view: dict[str, Any], flag: str) -> bool:
-    return bool(view["drift_confirmed"] if flag == "confirmed" else any(view["drift"].values()))
-
-
-def looks(url: str, rng: random.Random, ordinary: list[str], shifted: dict[str, list[str]]) -> None:
-    views = stream(url, rng.sample(ordinary, 3000))
-    flagged = [_flagged(v, "any") for v in views]
-    runs = sum(on and not before for before, on in zip([False, *flagged], flagged, strict=False))
+def looks(
+    http: httpx.Client, rng: random.Random, ordinary: list[str], shifted: dict[str, list[str]]
+) -> None:
+    views = stream(http, rng.sample(ordinary, 3000))
+    flags = [flagged(v) for v in views]
+    runs = sum(on and not before for before, on in zip([False, *flags], flags, strict=False))
     by_signal = {name: sum(v["drift"][name] for v in views) for name in views[0]["drift"]}
-    confirmed = sum(_flagged(v, "confirmed") for v in views)
-    print(f"\nordinary traffic, {len(views)} looks (one per request of 8): {sum(flagged)} "
-          f"flagged drift ({runs} runs of looks; by signal {by_signal}), {confirmed} confirmed "
-          "it\n")  # fmt: skip
+    print(f"\nordinary traffic, {len(views)} looks (one per request of 8): {sum(flags)} "
+          f"flagged drift ({runs} runs of looks; by signal {by_signal}), "
+          f"{sum(map(confirmed, views))} confirmed it\n")  # fmt: skip
     print("| shift | texts sent before the first flag | before confirmation |")
     print("|---|---|---|")
     for name, texts in shifted.items():
-        stream(url, rng.sample(ordinary, 400))
-        views = stream(url, rng.sample(texts, min(PHASE_TEXTS, len(texts))))
-        print(f"| {name} | {first(views, 'any')} | {first(views, 'confirmed')} |", flush=True)
+        stream(http, rng.sample(ordinary, 400))
+        views = stream(http, rng.sample(texts, min(PHASE_TEXTS, len(texts))))
+        print(f"| {name} | {first(views, flagged)} | {first(views, confirmed)} |", flush=True)
 
 
 def row(name: str, body: dict[str, Any]) -> tuple[str, bool]:
@@ -132,27 +136,30 @@ def main() -> None:
         env["STATE_DIR"] = state
         version = pin_version(args.model, Path(state), ROOT)
         command = [sys.executable, "-m", "bentoml", "serve", "service.service:TextClassifier"]
-        with server(command, env, "/readyz") as (url, _, _):
+        with (
+            server(command, env, "/readyz") as (url, _, _),
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
             print(f"{cpu_header()}\nmodel {args.model}:{version}, {PHASE_TEXTS} texts a phase\n")
             print("| phase | label JS distance | label p | confidence KS | confidence p "
                   "| negative share | estimated accuracy | drift | confirmed |")  # fmt: skip
             print("|---|---|---|---|---|---|---|---|---|")
             alarms = detected = 0
             for name, texts in shifted.items():
-                line, flagged = row("ordinary", phase(url, rng.sample(ordinary, PHASE_TEXTS)))
+                line, flagged = row("ordinary", phase(http, rng.sample(ordinary, PHASE_TEXTS)))
                 print(line, flush=True)
                 alarms += flagged
                 line, flagged = row(
-                    name, phase(url, rng.sample(texts, min(PHASE_TEXTS, len(texts))))
+                    name, phase(http, rng.sample(texts, min(PHASE_TEXTS, len(texts))))
                 )
                 print(line, flush=True)
                 detected += flagged
-            line, flagged = row("ordinary", phase(url, rng.sample(ordinary, PHASE_TEXTS)))
+            line, flagged = row("ordinary", phase(http, rng.sample(ordinary, PHASE_TEXTS)))
             print(line, flush=True)
             alarms += flagged
             print(f"\nordinary phases with a flag (false alarms): {alarms} of {len(shifted) + 1}; "
                   f"shifted phases flagged: {detected} of {len(shifted)}")  # fmt: skip
-            looks(url, rng, ordinary, shifted)
+            looks(http, rng, ordinary, shifted)
 
 
 if __name__ == "__main__":

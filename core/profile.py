@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,13 @@ class Profile(BaseModel):
         accuracy on traffic like the evaluation's, however small the evaluation was."""
         if len(confidences) == 0:
             return float("nan")
-        own = self._bin_accuracy(np.asarray(self.confidence_sample)).mean()
-        shift = float(self._bin_accuracy(np.asarray(confidences)).mean() - own)
+        shift = float(self._bin_accuracy(np.asarray(confidences)).mean()) - self._own_estimate
         return float(np.clip(self.accuracy + shift, 0.0, 1.0))
+
+    @cached_property
+    def _own_estimate(self) -> float:
+        """What `_bin_accuracy` says of the evaluation's own confidences (once per version)."""
+        return float(self._bin_accuracy(np.asarray(self.confidence_sample)).mean())
 
     def _bin_accuracy(self, confidences: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """Per confidence: the evaluation's accuracy in its bin, shrunk toward the (calibrated)

@@ -84,7 +84,7 @@ class Signals(BaseModel):
     estimated_accuracy: float
     reference_accuracy: float
     drift: dict[str, bool]
-    drift_confirmed: bool  # drift in this window and in the one before it, too
+    drift_confirmed: bool = False  # drift in this window and in the one before it, too
     thresholds: Thresholds
 
 
@@ -193,7 +193,7 @@ class Monitor:
             "thresholds": self.thresholds,
         }  # fmt: skip
         if reference is None:
-            return Signals(**common, **_neutral(None, latest), drift_confirmed=False)
+            return Signals(**common, **_neutral(None, latest))
         values = _compare(reference, latest, status == "ready", self.thresholds)
         confirmed = _drifting(values) and _drifting(
             _compare(reference, before, len(before) >= s.monitor_min_predictions, self.thresholds)

@@ -3,10 +3,11 @@
 A /predict request is traced in a real `bentoml serve` of two workers: a
 `sitecustomize` on the server's PYTHONPATH records, per worker, which of our
 files run code on the event loop and the model thread while it is armed
-(SIGUSR1), and writes them out when disarmed (SIGUSR2). It is armed only once both
-workers have answered a request, so neither is still building its service. The retrain job's path
-is a chain of hand-offs, each checked to be real: one file imports or launches
-the next or writes the record the next one reads.
+(SIGUSR1), and writes them out when disarmed (SIGUSR2). It is armed only once
+both workers have answered a request, so neither is still building its
+service. The retrain job's path is a chain of hand-offs, each checked to be
+real: one file imports or launches the next or writes the record the next one
+reads.
 """
 
 from __future__ import annotations

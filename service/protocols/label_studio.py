@@ -44,6 +44,7 @@ from service.protocols.label_studio_schemas import (
     Region,
     Skipped,
     TaskPrediction,
+    object_id,
     project_id,
 )
 from service.settings import Settings
@@ -157,8 +158,7 @@ class LabelStudioApi:
                     found = self._annotation(tx, LabelStudioAnnotation.read(item), tasks, event,
                                              known)  # fmt: skip
                 except ValueError as exc:
-                    annotation = item.get("id") if type(item.get("id")) is int else None
-                    out.skipped.append(Skipped(annotation=annotation, reason=str(exc)))
+                    out.skipped.append(Skipped(annotation=object_id(item), reason=str(exc)))
                     continue
                 if label_studio.record(tx, found) == "unchanged":
                     out.unchanged += 1
@@ -178,8 +178,8 @@ class LabelStudioApi:
         if annotation.was_cancelled:
             raise ValueError("the annotation was cancelled (skipped) in Label Studio")
         task_ref = annotation.task
-        task = task_ref if isinstance(task_ref, dict) else tasks.get(task_ref or 0)
-        if task is None or type(task.get("id")) is not int:
+        task = task_ref if isinstance(task_ref, dict) else tasks.get(task_ref or 0, {})
+        if (task_id := object_id(task)) is None:
             raise ValueError("the event carries no task for this annotation")
         project = project_id(annotation.project or task.get("project") or event.project)
         mapping = label_studio.project_mapping(tx, project)
@@ -195,7 +195,7 @@ class LabelStudioApi:
             )
         label = mapping.label(_choice(annotation.result, mapping), known)
         text = _task_text(LabelStudioTask.model_validate(task), mapping.text_field)
-        return Annotation(annotation.id, project, task["id"], text, label)
+        return Annotation(annotation.id, project, task_id, text, label)
 
     def _project_mapping(self, config: str | None, project: int | None) -> Mapping:
         if config:

@@ -141,17 +141,23 @@ class LabelStudioEvent(_Open):
         return _listed(self.annotation) + _listed(self.annotations)
 
     def annotation_ids(self) -> list[int]:
-        return [a["id"] for a in self.all_annotations() if type(a.get("id")) is int]
+        return [i for a in self.all_annotations() if (i := object_id(a)) is not None]
 
     def tasks_by_id(self) -> dict[int, One]:
         """The event's tasks (`task`: one, or a list in ANNOTATIONS_CREATED) by id."""
         tasks = _listed(self.task) + _listed(self.tasks)
-        return {t["id"]: t for t in tasks if type(t.get("id")) is int}
+        return {i: t for t in tasks if (i := object_id(t)) is not None}
 
     def label_config(self) -> str | None:
         """The project's label config, when the event carries the project object."""
         config = self.project.get("label_config") if isinstance(self.project, dict) else None
         return config if isinstance(config, str) else None
+
+
+def object_id(item: One) -> int | None:
+    """An event item's integer `id` (not a bool, not a string); None without one."""
+    value = item.get("id")
+    return value if type(value) is int else None
 
 
 def _listed(value: One | list[One] | None) -> list[One]:
